@@ -1,0 +1,1 @@
+"""Training internals: the trainer, the phase switch, optimisation, checkpoints, records, registry."""
