@@ -1,0 +1,204 @@
+"""Dataset yaml (YOLO ``data.yaml``) -> DatasetConfig: image lists per split and the class mapping.
+
+Paths are relative to the yaml (or to its optional ``path:`` root). An absolute path that does not
+exist here (Roboflow exports written on Colab: ``/content/drive/.../train/images``) falls back to
+its trailing components under the yaml's folder. Class names map onto the SmartCash taxonomy by
+NAME (aliases in ``loss.json``), optionally through a ``class_map:``; a dataset none of whose names
+map trains with its own names (identity taxonomy).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smartcash.data.errors import DatasetError
+from smartcash.taxonomy import Taxonomy, load_taxonomy
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".mpo", ".dng"})
+SPLITS = ("train", "val", "test")
+_SPLIT_KEYS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """Where one split's images come from: resolved sources, or why they could not be found."""
+
+    entries: tuple[str, ...]  # as written in the yaml
+    sources: tuple[Path, ...]  # existing dirs / list files / images
+    missing: tuple[str, ...]  # entries that resolved to nothing
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """A parsed dataset yaml. ``class_index[dataset_id]`` is the taxonomy id of that class."""
+
+    path: Path
+    root: Path
+    source_names: tuple[str, ...]
+    taxonomy: Taxonomy
+    class_index: tuple[int, ...]
+    splits: tuple[tuple[str, SplitSource], ...]
+
+    @property
+    def num_source_classes(self) -> int:
+        return len(self.source_names)
+
+    def has_split(self, split: str) -> bool:
+        """True when the yaml names ``split`` and every entry of it exists."""
+        source = dict(self.splits).get(split)
+        return source is not None and bool(source.sources) and not source.missing
+
+    def split_sources(self, split: str) -> SplitSource:
+        """The resolved sources of ``split``; DatasetError when the yaml lacks it or it is missing."""
+        if split not in SPLITS:
+            raise DatasetError(f"{self.path}: unknown split {split!r} (use one of {', '.join(SPLITS)})")
+        source = dict(self.splits).get(split)
+        if source is None:
+            raise DatasetError(f"{self.path}: no {split!r} split (add `{split}: <images dir>` to the yaml)")
+        if source.missing:
+            raise DatasetError(
+                f"{self.path}: {split} split not found: {', '.join(source.missing)} (looked relative to"
+                f" {self.root} and, for absolute paths, their trailing folders under {self.path.parent};"
+                f" fix the `{split}:` entry or remove it)")
+        return source
+
+    def images(self, split: str) -> list[Path]:
+        """Sorted image paths of ``split`` (``train|val|test``)."""
+        images: list[Path] = []
+        for source in self.split_sources(split).sources:
+            images.extend(_images_in(source))
+        return sorted(dict.fromkeys(images))
+
+    def label_path(self, image_path: str | os.PathLike[str]) -> Path:
+        """YOLO convention: the last ``/images/`` becomes ``/labels/``, suffix ``.txt``."""
+        text = str(image_path)
+        marker = f"{os.sep}images{os.sep}"
+        if marker in text:
+            head, tail = text.rsplit(marker, 1)
+            text = f"{head}{os.sep}labels{os.sep}{tail}"
+        return Path(text).with_suffix(".txt")
+
+
+def _images_in(source: Path) -> list[Path]:
+    if source.is_dir():
+        return [p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if source.suffix.lower() == ".txt":  # a list file: one image path a line, relative to the list
+        lines = source.read_text(encoding="utf-8").splitlines()
+        paths = [Path(line.strip()) for line in lines if line.strip()]
+        return [p if p.is_absolute() else (source.parent / p) for p in paths]
+    return [source]
+
+
+def _resolve(entry: str, root: Path, yaml_dir: Path) -> Path | None:
+    """Existing path for one yaml entry, trying the Colab/relative fallbacks; None if none exists."""
+    path = Path(os.path.expanduser(entry))
+    direct = path if path.is_absolute() else root / path
+    if direct.exists():
+        return direct.resolve()
+    # An export made elsewhere: keep the longest trailing part that exists here. At least two
+    # components (`train/images`), so `.../test/images` never falls back to a bare `images/`.
+    parts = [p for p in path.parts if p not in (path.anchor, "..", ".")]
+    for start in range(max(len(parts) - 1, 1) if parts else 0):
+        for base in dict.fromkeys((root, yaml_dir)):
+            candidate = base.joinpath(*parts[start:])
+            if candidate.exists():
+                logger.info("%s: not found, using %s", entry, candidate)
+                return candidate.resolve()
+    return None
+
+
+def _names(data: dict[str, Any], where: str) -> tuple[str, ...]:
+    names = data.get("names")
+    if isinstance(names, dict):
+        try:
+            keyed = {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError) as error:
+            raise DatasetError(f"{where}: names: dict keys must be class ids 0..n-1 ({error})") from error
+        if sorted(keyed) != list(range(len(keyed))):
+            raise DatasetError(f"{where}: names: ids {sorted(keyed)} must be exactly 0..{len(keyed) - 1}")
+        names = [keyed[i] for i in range(len(keyed))]
+    if not isinstance(names, list) or not names:
+        raise DatasetError(f"{where}: needs `names:` (a list of class names, or a dict id: name)")
+    declared = data.get("nc")
+    if declared is not None and int(declared) != len(names):
+        raise DatasetError(f"{where}: nc: {declared} but names lists {len(names)} classes (make them agree)")
+    return tuple(str(n) for n in names)
+
+
+def _class_mapping(names: tuple[str, ...], class_map: dict[str, str], taxonomy: Taxonomy,
+                   where: str) -> tuple[Taxonomy, tuple[int, ...]]:
+    unknown_keys = sorted(set(class_map) - set(names))
+    if unknown_keys:
+        raise DatasetError(f"{where}: class_map keys {unknown_keys} are not in names {list(names)}")
+    targets = [class_map.get(name, name) for name in names]
+    ids = [taxonomy.lookup(target) for target in targets]
+    unmapped = [name for name, i in zip(names, ids) if i is None]
+    if not unmapped:
+        return taxonomy, tuple(int(i) for i in ids if i is not None)
+    if len(unmapped) == len(names) and not class_map:
+        return Taxonomy.identity(names), tuple(range(len(names)))
+    example = "\n".join(f"  {name}: {taxonomy.names[-1]}" for name in unmapped[:3])
+    raise DatasetError(
+        f"{where}: class names {unmapped} map to no SmartCash class (names and aliases in loss.json:"
+        f" {', '.join(taxonomy.names)}). Map them in the yaml, e.g.\nclass_map:\n{example}\n"
+        "or rename them; a dataset whose names ALL differ trains with its own names.")
+
+
+def load_dataset_config(path: str | os.PathLike[str], taxonomy: Taxonomy | None = None) -> DatasetConfig:
+    """Read a YOLO dataset yaml.
+
+    Keys: ``train``/``val`` (or ``valid``)/``test`` (an images dir, a .txt list of image paths, or a
+    list of those), optional ``path`` (root for relative entries), ``names`` (list or dict),
+    optional ``nc`` and ``class_map`` (dataset name -> taxonomy name or alias). A split that does
+    not exist is reported only when it is requested (``images(split)``).
+
+    Args:
+        path: the yaml file.
+        taxonomy: what names map onto; default the SmartCash taxonomy from ``loss.json``.
+
+    Raises:
+        DatasetError: unreadable yaml, bad names, or names that only partly map onto the taxonomy.
+    """
+    yaml_path = Path(path).resolve()
+    where = str(yaml_path)
+    try:
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise DatasetError(f"{where}: dataset yaml not found (check --data)") from error
+    except yaml.YAMLError as error:
+        line = getattr(getattr(error, "problem_mark", None), "line", -1) + 1
+        raise DatasetError(f"{where}{f':{line}' if line else ''}: invalid yaml ({error})") from error
+    if not isinstance(data, dict):
+        raise DatasetError(f"{where}: expected a mapping with train/val/names keys")
+    names = _names(data, where)
+    class_map = data.get("class_map") or {}
+    if not isinstance(class_map, dict):
+        raise DatasetError(f"{where}: class_map must be a mapping `dataset name: taxonomy name`")
+    taxonomy, class_index = _class_mapping(
+        names, {str(k): str(v) for k, v in class_map.items()}, taxonomy or load_taxonomy(), where)
+
+    yaml_dir = yaml_path.parent
+    root = yaml_dir
+    if data.get("path"):
+        declared_root = Path(os.path.expanduser(str(data["path"])))
+        root = _resolve(str(declared_root), yaml_dir, yaml_dir) or yaml_dir
+    splits: list[tuple[str, SplitSource]] = []
+    for split, keys in _SPLIT_KEYS.items():
+        value = next((data[k] for k in keys if data.get(k)), None)
+        if value is None:
+            continue
+        entries = tuple(str(v) for v in (value if isinstance(value, list) else [value]))
+        resolved = [(entry, _resolve(entry, root, yaml_dir)) for entry in entries]
+        splits.append((split, SplitSource(
+            entries=entries, sources=tuple(p for _, p in resolved if p is not None),
+            missing=tuple(e for e, p in resolved if p is None))))
+    return DatasetConfig(path=yaml_path, root=root, source_names=names, taxonomy=taxonomy,
+                         class_index=class_index, splits=tuple(splits))

@@ -1,0 +1,114 @@
+"""Dataset yaml reader: split sources, Colab path fallback, class mapping by name."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smartcash.data.dataset_config import load_dataset_config
+from smartcash.data.errors import DatasetError
+from smartcash.taxonomy import load_taxonomy
+
+VND_SUBSET = Path(__file__).parent / "data" / "vnd_subset"
+
+
+def _touch_images(folder: Path, names: list[str]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in names]
+    for path in paths:
+        path.write_bytes(b"")
+    return paths
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_directories_relative_to_yaml_and_path_root(tmp_path):
+    _touch_images(tmp_path / "ds" / "train" / "images", ["b.jpg", "a.png", "notes.txt"])
+    _touch_images(tmp_path / "ds" / "valid" / "images", ["c.jpg"])
+    config = load_dataset_config(_write_yaml(tmp_path / "ds" / "data.yaml", {
+        "train": "train/images", "val": "valid/images", "names": ["001", "002"]}))
+    assert [p.name for p in config.images("train")] == ["a.png", "b.jpg"]
+    assert [p.name for p in config.images("val")] == ["c.jpg"]
+    rooted = load_dataset_config(_write_yaml(tmp_path / "rooted.yaml", {
+        "path": "ds", "train": "train/images", "names": ["001"]}))
+    assert rooted.root == (tmp_path / "ds").resolve()
+    assert len(rooted.images("train")) == 2
+
+
+def test_list_file_and_list_of_entries(tmp_path):
+    images = _touch_images(tmp_path / "images" / "x", ["1.jpg", "2.jpg", "3.jpg"])
+    (tmp_path / "train.txt").write_text(f"./images/x/1.jpg\n{images[1]}\n\n", encoding="utf-8")
+    config = load_dataset_config(_write_yaml(tmp_path / "data.yaml", {
+        "train": "train.txt", "val": ["images/x/3.jpg", "train.txt"], "names": ["a"]}))
+    assert [p.name for p in config.images("train")] == ["1.jpg", "2.jpg"]
+    assert [p.name for p in config.images("val")] == ["1.jpg", "2.jpg", "3.jpg"]
+    assert config.label_path(images[0]) == tmp_path / "labels" / "x" / "1.txt"
+
+
+def test_names_dict_and_nc_mismatch(tmp_path):
+    _touch_images(tmp_path / "images", ["a.jpg"])
+    config = load_dataset_config(_write_yaml(tmp_path / "d.yaml", {
+        "train": "images", "names": {1: "l2_001", 0: "010"}}))
+    assert config.source_names == ("010", "l2_001")
+    with pytest.raises(DatasetError, match="nc: 3 but names lists 2"):
+        load_dataset_config(_write_yaml(tmp_path / "e.yaml", {"train": "images", "nc": 3,
+                                                              "names": ["a", "b"]}))
+
+
+def test_colab_absolute_paths_fall_back_next_to_yaml():
+    config = load_dataset_config(VND_SUBSET / "data.yaml")
+    assert config.root == VND_SUBSET.resolve()
+    assert len(config.images("train")) == 8 and len(config.images("val")) == 4
+    assert all(p.is_file() for p in config.images("train"))
+    label = config.label_path(config.images("train")[0])
+    assert label.parent == (VND_SUBSET / "train" / "labels").resolve() and label.is_file()
+    # test: exists in the yaml but not on disk: fine at load, a clear message when requested.
+    assert not config.has_split("test")
+    with pytest.raises(DatasetError, match="test split not found.*Dataset_2/test/images"):
+        config.images("test")
+
+
+def test_foreign_names_train_with_identity_taxonomy():
+    config = load_dataset_config(VND_SUBSET / "data.yaml")
+    assert not config.taxonomy.is_smartcash
+    assert config.taxonomy.names == config.source_names == (
+        "10 000 VND", "100 000 VND", "20 000 VND", "200 000 VND", "50 000 VND", "500 000 VND")
+    assert config.class_index == tuple(range(6))
+
+
+def test_roboflow_names_map_by_name_not_position(tmp_path):
+    _touch_images(tmp_path / "images", ["a.jpg"])
+    taxonomy = load_taxonomy()
+    names = ["l3_text", "100", "l2_005", "l3_sign", "001", "l3_thread"]  # not taxonomy order
+    config = load_dataset_config(_write_yaml(tmp_path / "d.yaml", {"train": "images", "names": names}))
+    assert config.taxonomy.is_smartcash
+    expected = [taxonomy.names.index(n) for n in ("watermark", "100000_whole", "5000_nominal_feature",
+                                                  "special_sign", "1000_whole", "security_thread")]
+    assert list(config.class_index) == expected
+
+
+def test_class_map_and_unmapped_names_error(tmp_path):
+    _touch_images(tmp_path / "images", ["a.jpg"])
+    with pytest.raises(DatasetError) as caught:
+        load_dataset_config(_write_yaml(tmp_path / "bad.yaml", {
+            "train": "images", "names": ["001", "hologram", "l3_sign", "micro print"]}))
+    message = str(caught.value)
+    assert "['hologram', 'micro print']" in message and "class_map:" in message
+    assert str((tmp_path / "bad.yaml").resolve()) in message
+    config = load_dataset_config(_write_yaml(tmp_path / "good.yaml", {
+        "train": "images", "names": ["001", "hologram", "l3_sign", "micro print"],
+        "class_map": {"hologram": "security_thread", "micro print": "l3_text"}}))
+    assert config.class_index == (0, 14, 16, 15)
+    with pytest.raises(DatasetError, match="class_map keys"):
+        load_dataset_config(_write_yaml(tmp_path / "typo.yaml", {
+            "train": "images", "names": ["001"], "class_map": {"002x": "001"}}))
+
+
+def test_missing_yaml_and_missing_names(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        load_dataset_config(tmp_path / "nope.yaml")
+    with pytest.raises(DatasetError, match="names"):
+        load_dataset_config(_write_yaml(tmp_path / "d.yaml", {"train": "images"}))
