@@ -1,0 +1,171 @@
+"""Scan a dataset split (every image and label) into good samples and a list of problems.
+
+Shared by the checker CLI (``python -m smartcash.data.check``) and training (through the label
+cache). A sample is skipped when its image is unusable or any of its label lines is bad: training
+on it with that object missing would teach the model the object is background. Duplicate rows
+are only dropped (the sample stays) but still reported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from smartcash.data.dataset_config import DatasetConfig, load_dataset_config
+from smartcash.data.errors import DatasetError
+from smartcash.data.images import probe_image
+from smartcash.data.labels import DUPLICATE, LabelProblem, parse_label_file
+
+#: Problem is the label problem type: (path, line, reason, kind); line 0 = the whole file.
+Problem = LabelProblem
+LABEL_WITHOUT_IMAGE = "label without image"
+CONFIG_PROBLEM = "dataset yaml problem"
+_NON_FATAL = frozenset({DUPLICATE})
+_IGNORED_LABEL_FILES = frozenset({"classes.txt"})  # labelImg writes one into the labels folder
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """A usable image with its boxes (n, 5) [class, cx, cy, w, h]; class = dataset (yaml) id."""
+
+    image: str
+    label: str  # "" when the image has no label file (a background)
+    boxes: np.ndarray
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class SplitReport:
+    """What a scan of one split found."""
+
+    split: str
+    samples: tuple[Sample, ...]
+    problems: tuple[Problem, ...]
+    num_images: int
+    num_labels: int
+
+    @property
+    def num_backgrounds(self) -> int:
+        return sum(1 for s in self.samples if len(s.boxes) == 0)
+
+    @property
+    def num_skipped(self) -> int:
+        return self.num_images - len(self.samples)
+
+    def boxes_per_class(self, num_classes: int) -> np.ndarray:
+        """(num_classes,) int64 box counts over the good samples, by dataset class id."""
+        classes = [s.boxes[:, 0].astype(np.int64) for s in self.samples if len(s.boxes)]
+        joined = np.concatenate(classes) if classes else np.zeros(0, dtype=np.int64)
+        return np.bincount(joined, minlength=num_classes)
+
+    def problems_by_kind(self) -> dict[str, int]:
+        return dict(Counter(p.kind for p in self.problems).most_common())
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    """Scan of every requested split, plus problems of the yaml itself."""
+
+    data: str
+    config: DatasetConfig | None
+    splits: tuple[SplitReport, ...]
+    config_problems: tuple[Problem, ...]
+    notes: tuple[str, ...] = ()  # e.g. a split the yaml names that is absent and was not requested
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return self.config_problems + tuple(p for s in self.splits for p in s.problems)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_one(image: Path, label: Path, num_classes: int) -> tuple[Sample | None, list[Problem], bool]:
+    probe = probe_image(image)
+    problems = [] if probe.ok else [Problem(str(image), 0, probe.problem, probe.kind)]
+    has_label = label.is_file()
+    boxes = np.zeros((0, 5), dtype=np.float32)
+    if has_label:
+        parsed = parse_label_file(label, num_classes)
+        boxes = parsed.boxes
+        problems.extend(parsed.problems)
+    if any(p.kind not in _NON_FATAL for p in problems):
+        return None, problems, has_label
+    sample = Sample(str(image), str(label) if has_label else "", boxes, probe.width, probe.height)
+    return sample, problems, has_label
+
+
+def _orphan_labels(config: DatasetConfig, images: list[Path]) -> list[Problem]:
+    expected = {config.label_path(image) for image in images}
+    folders = {label.parent for label in expected}
+    orphans = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.txt")
+                     if p not in expected and p.name not in _IGNORED_LABEL_FILES)
+    return [Problem(str(p), 0, f"{LABEL_WITHOUT_IMAGE} (no image with this stem in the split;"
+                    " add the image or delete the label)", LABEL_WITHOUT_IMAGE) for p in orphans]
+
+
+def default_workers() -> int:
+    """Threads for the scan: image header checks release the GIL."""
+    return min(16, 4 * (os.cpu_count() or 1))
+
+
+def scan_split(config: DatasetConfig, split: str, workers: int | None = None) -> SplitReport:
+    """Check every image and label of ``split``.
+
+    Args:
+        config: the dataset.
+        split: ``train``, ``val`` or ``test``.
+        workers: threads for the image checks (default ``default_workers()``).
+
+    Raises:
+        DatasetError: the split is missing (see ``DatasetConfig.images``).
+    """
+    images = config.images(split)
+    labels = [config.label_path(image) for image in images]
+    num_classes = config.num_source_classes
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        results = list(pool.map(lambda pair: _check_one(pair[0], pair[1], num_classes),
+                                zip(images, labels)))
+    samples = tuple(sample for sample, _, _ in results if sample is not None)
+    problems = [p for _, found, _ in results for p in found]
+    problems.extend(_orphan_labels(config, images))
+    return SplitReport(split=split, samples=samples, problems=tuple(problems), num_images=len(images),
+                       num_labels=sum(1 for _, _, has_label in results if has_label))
+
+
+def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None = None,
+                  workers: int | None = None) -> DatasetReport:
+    """Load a dataset yaml and scan its splits; yaml errors become problems, not exceptions.
+
+    Args:
+        data: the dataset yaml.
+        splits: which splits; default every split the yaml names that exists (an absent one is
+            a note). A requested split that is absent is a problem.
+        workers: threads for the image checks.
+    """
+    try:
+        config = load_dataset_config(data)
+    except DatasetError as error:
+        return DatasetReport(str(data), None, (), (Problem(str(data), 0, str(error).split(": ", 1)[-1],
+                                                           CONFIG_PROBLEM),))
+    reports: list[SplitReport] = []
+    config_problems: list[Problem] = []
+    notes: list[str] = []
+    if splits is None:  # an absent split is only an error when it is asked for
+        notes = [f"{name}: not found on disk, not checked ({', '.join(source.missing)})"
+                 for name, source in config.splits if not config.has_split(name)]
+        splits = tuple(name for name, _ in config.splits if config.has_split(name))
+    for split in splits:
+        try:
+            reports.append(scan_split(config, split, workers))
+        except DatasetError as error:
+            config_problems.append(Problem(str(config.path), 0, str(error).split(": ", 1)[-1],
+                                           CONFIG_PROBLEM))
+    return DatasetReport(str(data), config, tuple(reports), tuple(config_problems), tuple(notes))

@@ -1,0 +1,124 @@
+"""Dataset checks and the checker CLI: every bad-input kind gives its reason; nothing crashes."""
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from smartcash.data import check, checks, images, labels
+from smartcash.data.checks import check_dataset
+from smartcash.data.images import probe_image, read_image
+
+
+def _jpeg(path, size=(40, 30), exif_orientation=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    pixels[:, : size[0] // 4] = (255, 0, 0)  # red band on the left: shows the rotation
+    image = Image.fromarray(pixels)
+    if exif_orientation is None:
+        image.save(path, quality=95)
+    else:
+        exif = image.getexif()
+        exif[0x0112] = exif_orientation
+        image.save(path, quality=95, exif=exif.tobytes())
+    return path
+
+
+@pytest.fixture
+def bad_dataset(tmp_path):
+    """A split with one file of every bad kind, plus good ones."""
+    root = tmp_path / "ds"
+    train_images, train_labels = root / "train" / "images", root / "train" / "labels"
+    train_labels.mkdir(parents=True)
+    good = _jpeg(train_images / "good.jpg")
+    (train_labels / "good.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n")  # duplicate: kept
+    _jpeg(train_images / "background.jpg")  # no label: a background
+    (train_images / "empty.jpg").write_bytes(b"")
+    data = good.read_bytes()
+    (train_images / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (train_images / "garbage.png").write_bytes(b"not an image at all")
+    bad_lines = {"columns": "0 0.5 0.5 0.2", "text": "0 0.5 x 0.2 0.2", "nan": "0 nan 0.5 0.2 0.2",
+                 "class": "9 0.5 0.5 0.2 0.2", "outside": "0 0.5 1.5 0.2 0.2", "zero": "0 0.5 0.5 0.0 0.2"}
+    for name, line in bad_lines.items():
+        _jpeg(train_images / f"{name}.jpg")
+        (train_labels / f"{name}.txt").write_text(f"1 0.5 0.5 0.1 0.1\n{line}\n")
+    (train_labels / "orphan.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "data.yaml").write_text(yaml.safe_dump({"train": "train/images", "val": "valid/images",
+                                                    "names": ["a", "b"]}))
+    return root / "data.yaml"
+
+
+def test_every_bad_kind_is_reported_and_good_samples_kept(bad_dataset):
+    report = check_dataset(bad_dataset, splits=("train",))
+    (split,) = report.splits
+    kinds = {(p.path.rsplit("/", 1)[-1], p.kind) for p in split.problems}
+    assert kinds == {
+        ("empty.jpg", images.EMPTY_IMAGE), ("truncated.jpg", images.TRUNCATED_IMAGE),
+        ("garbage.png", images.UNREADABLE_IMAGE), ("columns.txt", labels.WRONG_COLUMNS),
+        ("text.txt", labels.NON_NUMERIC), ("nan.txt", labels.NON_FINITE), ("class.txt", labels.BAD_CLASS),
+        ("outside.txt", labels.OUTSIDE), ("zero.txt", labels.ZERO_AREA), ("good.txt", labels.DUPLICATE),
+        ("orphan.txt", checks.LABEL_WITHOUT_IMAGE)}
+    line_problems = [p for p in split.problems if p.path.endswith(".txt") and p.line]
+    assert all(p.line == 2 for p in line_problems if not p.path.endswith("good.txt"))
+    assert sorted(s.image.rsplit("/", 1)[-1] for s in split.samples) == ["background.jpg", "good.jpg"]
+    assert split.num_images == 11 and split.num_labels == 7 and split.num_backgrounds == 1
+    assert split.boxes_per_class(2).tolist() == [1, 0]
+    assert not report.ok
+
+
+def test_cli_lists_bounded_problems_and_exit_codes(bad_dataset, capsys):
+    assert check.main(["--data", str(bad_dataset), "--split", "train", "--max-report", "3"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[3] == "... and 8 more"
+    assert any(line.startswith("train: 11 images, 7 label files, 1 backgrounds, 1 boxes") for line in out)
+    assert any("problems by reason:" in line and "duplicate row: 1" in line for line in out)
+    # The missing val split: a note by default, a problem when asked for.
+    assert check.main(["--data", str(bad_dataset), "--split", "val"]) == 1
+    assert "val split not found" in capsys.readouterr().out
+
+
+def test_cli_clean_dataset_exits_zero(tmp_path, capsys):
+    _jpeg(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "images", "test": "/content/x/test/images",
+                                                     "names": ["a"]}))
+    assert check.main(["--data", str(tmp_path / "d.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "clean: no problems found" in out and "note: test: not found on disk" in out
+
+
+def test_unknown_class_name_in_yaml_is_a_problem(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "images", "names": ["001", "hologram"]}))
+    report = check_dataset(tmp_path / "d.yaml")
+    assert [p.kind for p in report.problems] == [checks.CONFIG_PROBLEM]
+    assert "['hologram']" in report.problems[0].reason
+    assert check.main(["--data", str(tmp_path / "d.yaml")]) == 1
+
+
+def test_exif_rotated_jpeg_is_rotated(tmp_path):
+    path = _jpeg(tmp_path / "rotated.jpg", size=(40, 30), exif_orientation=6)  # 90 deg clockwise
+    image = read_image(path)
+    assert image.shape == (40, 30, 3) and image.dtype == np.uint8
+    probe = probe_image(path)
+    assert (probe.height, probe.width) == (40, 30)
+    # The red band, left in the stored pixels, is at the top after a clockwise turn.
+    assert image[:5, :, 0].mean() > 200 and image[-5:, :, 0].mean() < 50
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])
+def test_grey_rgba_and_16_bit_pngs_load_as_rgb_uint8(tmp_path, mode):
+    if mode == "I;16":
+        pixels = np.full((12, 16), 40000, dtype=np.uint16)
+        image = Image.fromarray(pixels)
+    elif mode == "RGBA":
+        image = Image.fromarray(np.full((12, 16, 4), (10, 20, 30, 128), dtype=np.uint8), "RGBA")
+    else:
+        image = Image.fromarray(np.full((12, 16), 77, dtype=np.uint8), "L")
+    image.save(tmp_path / "a.png")
+    loaded = read_image(tmp_path / "a.png")
+    assert loaded.shape == (12, 16, 3) and loaded.dtype == np.uint8
+    expected = {"I;16": (156,) * 3, "RGBA": (10, 20, 30), "L": (77,) * 3}[mode]
+    np.testing.assert_allclose(loaded[0, 0], expected, atol=1)
+    assert probe_image(tmp_path / "a.png").ok
