@@ -1,0 +1,198 @@
+"""Import COCO detection JSON (``images``, ``annotations`` with ``bbox`` xywh pixels, ``categories``) to YOLO.
+
+Class names are the categories in category-id order (class id = position in that order).
+Crowd annotations (``iscrowd: 1``) are skipped and counted, as YOLOv5 does. Bad annotations
+(unknown image or category, malformed or empty bbox, box outside the image) and images missing
+on disk are reported as ``file: annotations[i] (id N): reason`` and skipped. Images with no
+annotation are kept as backgrounds. Boxes up to 1 px outside the image are clipped.
+
+    python -m smartcash.data.import_coco --json FILE --images DIR --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smartcash.data.errors import DatasetError
+from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
+                                        flat_name, pixel_box_to_yolo)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CocoImage:
+    """One usable COCO image entry with its file found on disk."""
+
+    id: int
+    file_name: str
+    path: Path
+    width: float
+    height: float
+
+
+def _load(json_path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise DatasetError(f"{json_path}: cannot read the COCO JSON ({error})") from error
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{json_path}:{error.lineno}: invalid JSON ({error.msg})") from error
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"{json_path}: not a COCO detection file "
+                           "(needs `images`, `annotations`, `categories`)")
+    if not isinstance(data.get("categories"), list) or not data["categories"]:
+        raise DatasetError(f"{json_path}: `categories` must be a non-empty list of {{id, name}}")
+    return data
+
+
+def category_names(json_path: Path, categories: list[Any]) -> tuple[tuple[str, ...], dict[int, int]]:
+    """(names in category-id order, category id -> class id)."""
+    entries: dict[int, str] = {}
+    for position, category in enumerate(categories):
+        try:
+            category_id, name = int(category["id"]), str(category["name"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise DatasetError(f"{json_path}: categories[{position}] needs an integer id and a name"
+                               ) from error
+        if category_id in entries:
+            raise DatasetError(f"{json_path}: categories[{position}]: id {category_id} used twice")
+        entries[category_id] = name
+    ordered = sorted(entries)
+    class_of = {category_id: index for index, category_id in enumerate(ordered)}
+    return tuple(entries[i] for i in ordered), class_of
+
+
+def _images(json_path: Path, images: list[Any], images_dir: Path,
+            problems: list[ImportProblem]) -> dict[int, CocoImage]:
+    found: dict[int, CocoImage] = {}
+    for position, entry in enumerate(images):
+        where = f"images[{position}]"
+        try:
+            image_id, file_name = int(entry["id"]), str(entry["file_name"])
+            width, height = float(entry["width"]), float(entry["height"])
+        except (KeyError, TypeError, ValueError):
+            problems.append(ImportProblem(str(json_path), None,
+                                          f"{where}: needs id, file_name, width, height"))
+            continue
+        if not (width > 0 and height > 0):
+            problems.append(ImportProblem(str(json_path), None,
+                                          f"{where} (id {image_id}): size {width:g}x{height:g}"))
+            continue
+        candidates = (images_dir / file_name, images_dir / Path(file_name).name)
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            reason = f"{where} (id {image_id}): image {file_name!r} not found in {images_dir}"
+            problems.append(ImportProblem(str(json_path), None, reason))
+            continue
+        found[image_id] = CocoImage(image_id, file_name, path, width, height)
+    return found
+
+
+def _annotation_row(annotation: Any, images: dict[int, CocoImage], class_of: dict[int, int],
+                    known_image_ids: set[int]) -> tuple[int | None, list[float] | None, str]:
+    """(image id, [class, cx, cy, w, h], '') for a good annotation, else (None, None, reason)."""
+    try:
+        image_id, category_id = int(annotation["image_id"]), int(annotation["category_id"])
+        x, y, width, height = (float(v) for v in annotation["bbox"])
+    except (KeyError, TypeError, ValueError):
+        return None, None, "needs image_id, category_id and a bbox of 4 numbers"
+    if image_id not in images:
+        reason = "its image was skipped" if image_id in known_image_ids else f"unknown image_id {image_id}"
+        return None, None, reason
+    if category_id not in class_of:
+        return None, None, f"unknown category_id {category_id}"
+    if not all(math.isfinite(v) for v in (x, y, width, height)):
+        return None, None, "non-finite bbox"
+    image = images[image_id]
+    box, reason = pixel_box_to_yolo(x, y, x + width, y + height, image.width, image.height)
+    if box is None:
+        return None, None, f"bbox [{x:g}, {y:g}, {width:g}, {height:g}]: {reason}"
+    return image_id, [class_of[category_id], *box], ""
+
+
+def import_coco(json_path: Path, images_dir: Path, out_dir: Path, mode: TransferMode = "copy",
+                split: str = "train") -> ImportSummary:
+    """Convert a COCO detection JSON into a YOLO layout under ``out_dir`` (one split).
+
+    Args:
+        json_path: the COCO file. images_dir: where its ``file_name``s are (relative path or base name).
+        out_dir: a new or empty folder; gets ``images/<split>``, ``labels/<split>``, ``data.yaml``.
+        mode: ``copy``, ``hardlink`` or ``symlink`` for the images.
+        split: the split folder to write (make train/val/test later with ``smartcash.data.split``).
+
+    Raises:
+        DatasetError: unreadable or non-COCO JSON, bad categories, a non-empty ``out_dir``.
+    """
+    json_path, images_dir, out_dir = Path(json_path), Path(images_dir), Path(out_dir)
+    if not images_dir.is_dir():
+        raise DatasetError(f"{images_dir}: --images folder not found")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DatasetError(f"{out_dir}: output folder is not empty (choose a new --out; nothing was written)")
+    data = _load(json_path)
+    names, class_of = category_names(json_path, data["categories"])
+    problems: list[ImportProblem] = []
+    images = _images(json_path, data["images"], images_dir, problems)
+    known_image_ids = {e.get("id") for e in data["images"] if isinstance(e, dict)}
+    rows: dict[int, list[list[float]]] = {image_id: [] for image_id in images}
+    crowd = skipped = 0
+    for position, annotation in enumerate(data.get("annotations") or []):
+        if isinstance(annotation, dict) and annotation.get("iscrowd"):
+            crowd += 1
+            continue
+        image_id, row, reason = _annotation_row(annotation, images, class_of, known_image_ids)
+        if row is None or image_id is None:
+            skipped += 1
+            identifier = annotation.get("id") if isinstance(annotation, dict) else None
+            problems.append(ImportProblem(str(json_path), None,
+                                          f"annotations[{position}] (id {identifier}): {reason}"))
+            continue
+        rows[image_id].append(row)
+    if crowd:
+        logger.info("%s: %d crowd annotations skipped (iscrowd: 1)", json_path, crowd)
+    writer = YoloLayoutWriter(out_dir, names, mode)
+    boxes = 0
+    for image_id in sorted(images, key=lambda i: (images[i].file_name, i)):
+        image = images[image_id]
+        array = np.asarray(rows[image_id], np.float64).reshape(-1, 5)
+        boxes += len(array)
+        writer.add_file(split, image.path, array, name=flat_name(Path(image.file_name)))
+    data_yaml = writer.finish()
+    if problems:
+        logger.warning("%s: %d problems, records skipped (first: %s)", json_path, len(problems), problems[0])
+    return ImportSummary(len(images), boxes, skipped + crowd, names, tuple(problems), data_yaml)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns 0 on success (bad annotations are reported, not fatal), 2 on an error."""
+    parser = argparse.ArgumentParser(description="Import a COCO detection JSON into a YOLO dataset.")
+    parser.add_argument("--json", type=Path, required=True, help="COCO annotations file")
+    parser.add_argument("--images", type=Path, required=True, help="folder holding its images")
+    parser.add_argument("--out", type=Path, required=True, help="new output folder")
+    parser.add_argument("--split", default="train", help="split folder to write (default train)")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--copy", dest="mode", action="store_const", const="copy", help="copy images (default)")
+    how.add_argument("--link", dest="mode", action="store_const", const="hardlink", help="hard-link images")
+    how.add_argument("--symlink", dest="mode", action="store_const", const="symlink", help="symlink images")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        summary = import_coco(args.json, args.images, args.out, args.mode or "copy", args.split)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(summary.report())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""CSV and COCO importers: round trips back to the source pixels, bad records reported and skipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smartcash.data import import_coco, import_csv
+from smartcash.data.dataset_config import load_dataset_config
+from smartcash.data.labels import parse_label_file
+from smartcash.data.yolo_writer import pixel_box_to_yolo
+
+SIZES = {"a.jpg": (64, 48), "b.png": (80, 40), "sub/c.png": (30, 90)}  # name: (width, height)
+
+
+def _images(root: Path) -> Path:
+    for name, (width, height) in SIZES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / name), np.full((height, width, 3), 100, np.uint8))
+    return root
+
+
+def _pixel_boxes(data_yaml: Path) -> dict[str, list[tuple[str, tuple[float, ...]]]]:
+    """Per output image name: (class name, xyxy pixels) rebuilt from the YOLO labels."""
+    config = load_dataset_config(data_yaml)
+    result: dict[str, list[tuple[str, tuple[float, ...]]]] = {}
+    for image in config.images("train"):
+        height, width = cv2.imread(str(image)).shape[:2]
+        boxes = parse_label_file(config.label_path(image), config.num_source_classes).boxes
+        result[image.name] = sorted(
+            (config.source_names[int(c)], ((cx - w / 2) * width, (cy - h / 2) * height,
+                                           (cx + w / 2) * width, (cy + h / 2) * height))
+            for c, cx, cy, w, h in boxes.tolist())
+    return result
+
+
+def _close(found: dict, expected: dict) -> None:
+    assert found.keys() == expected.keys()
+    for name in expected:
+        assert [n for n, _ in found[name]] == [n for n, _ in sorted(expected[name])], name
+        for (_, got), (_, want) in zip(found[name], sorted(expected[name])):
+            np.testing.assert_allclose(got, want, atol=1.0, err_msg=name)
+
+
+CSV_ROWS = [
+    "filename,width,height,class,xmin,ymin,xmax,ymax",
+    "a.jpg,64,48,l2_002,10,5,30,20",
+    "a.jpg,64,48,002,0,0,64,48",
+    "b.png,80,40,l3_thread,70.5,1,79.5,39",
+    "sub/c.png,30,90,002,3,10,27,80",
+]
+EXPECTED_CSV = {
+    "a.jpg": [("l2_002", (10, 5, 30, 20)), ("002", (0, 0, 64, 48))],
+    "b.png": [("l3_thread", (70.5, 1, 79.5, 39))],
+    "sub__c.png": [("002", (3, 10, 27, 80))],
+}
+
+
+def test_csv_round_trip(tmp_path: Path) -> None:
+    images = _images(tmp_path / "images")
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("\n".join(CSV_ROWS) + "\n")
+    summary = import_csv.import_csv(csv_path, images, tmp_path / "out")
+    assert summary.problems == () and (summary.images, summary.boxes) == (3, 4)
+    assert summary.names == ("002", "l2_002", "l3_thread")  # SmartCash names: taxonomy order
+    _close(_pixel_boxes(summary.data_yaml), EXPECTED_CSV)
+    assert all((images / name).is_file() for name in SIZES)  # copied, not moved
+
+
+def test_csv_bad_rows_reported_with_line_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = _images(tmp_path / "images")
+    rows = [CSV_ROWS[0], "a.jpg,64,48,cat,10,5,30,20"] + [
+        "missing.jpg,64,48,cat,1,1,5,5",  # line 3
+        "a.jpg,64,48,cat,1,one,5,5",  # line 4
+        "a.jpg,64,48,cat,10,10,70,20",  # line 5: beyond the 64 px width
+        "a.jpg,64,48,cat,30,10,30,20",  # line 6: xmax == xmin
+        "b.png,80,40,dog,1,1,5,5",  # line 7: good
+        "b.png,80,40,dog,1,1,5,5",  # line 8: duplicate
+        "b.png,81,40,dog,2,2,6,6",  # line 9: size disagrees with line 7
+    ]
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert import_csv.main(["--csv", str(csv_path), "--images", str(images), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    expected = {3: "not found", 4: "non-numeric ymin", 5: "outside", 6: "xmax 30 <= xmin 30",
+                8: "duplicate of line 7",                9: "differs from line 7"}
+    for line, reason in expected.items():
+        prefix = f"{csv_path}:{line}: "
+        assert prefix in printed and reason in printed.split(prefix)[1].splitlines()[0]
+    assert "2 images, 2 boxes, 2 classes, 6 records skipped" in printed
+    assert load_dataset_config(out / "data.yaml").source_names == ("cat", "dog")  # foreign names: sorted
+
+
+def test_csv_given_names_and_bad_header(tmp_path: Path) -> None:
+    images = _images(tmp_path / "images")
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("\n".join(CSV_ROWS) + "\n")
+    summary = import_csv.import_csv(csv_path, images, tmp_path / "out", names=["002", "l2_002"],
+                                    mode="hardlink")
+    assert summary.names == ("002", "l2_002") and summary.skipped == 1
+    assert "class 'l3_thread' not in --names" in str(summary.problems[0])
+    copied = tmp_path / "out" / "images" / "train" / "a.jpg"
+    assert copied.stat().st_ino == (images / "a.jpg").stat().st_ino
+    csv_path.write_text("file,w,h\nx,1,2\n")
+    arguments = ["--csv", str(csv_path), "--images", str(images), "--out", str(tmp_path / "o2")]
+    assert import_csv.main(arguments) == 2
+
+
+def _coco(images: Path) -> dict:
+    return {
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 64, "height": 48},
+                   {"id": 8, "file_name": "sub/c.png", "width": 30, "height": 90},
+                   {"id": 9, "file_name": "b.png", "width": 80, "height": 40},  # no annotation: background
+                   {"id": 10, "file_name": "gone.png", "width": 10, "height": 10}],
+        "categories": [{"id": 5, "name": "l2_100"}, {"id": 2, "name": "100"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 2, "bbox": [0, 0, 64, 48], "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 5, "bbox": [40.2, 3.5, 20.1, 10], "iscrowd": 0},
+            {"id": 3, "image_id": 8, "category_id": 2, "bbox": [1, 2, 28, 86.6]},  # 0.4 px over: clipped
+            {"id": 4, "image_id": 8, "category_id": 5, "bbox": [0, 0, 10, 10], "iscrowd": 1},
+            {"id": 5, "image_id": 8, "category_id": 99, "bbox": [0, 0, 10, 10]},
+            {"id": 6, "image_id": 7, "category_id": 2, "bbox": [50, 0, 30, 10]},
+            {"id": 7, "image_id": 7, "category_id": 2, "bbox": [5, 5, 0, 10]},
+            {"id": 8, "image_id": 10, "category_id": 2, "bbox": [1, 1, 2, 2]},
+        ],
+    }
+
+
+def test_coco_round_trip_and_bad_annotations(tmp_path: Path) -> None:
+    images = _images(tmp_path / "images")
+    json_path = tmp_path / "coco.json"
+    json_path.write_text(json.dumps(_coco(images), indent=1))
+    summary = import_coco.import_coco(json_path, images, tmp_path / "out")
+    assert summary.names == ("100", "l2_100")  # category-id order (2, 5), not file order
+    assert (summary.images, summary.boxes) == (3, 3)
+    _close(_pixel_boxes(summary.data_yaml), {
+        "a.jpg": [("100", (0, 0, 64, 48)), ("l2_100", (40.2, 3.5, 60.3, 13.5))],
+        "sub__c.png": [("100", (1, 2, 29, 88.6))],
+        "b.png": [],
+    })
+    reasons = [str(p) for p in summary.problems]
+    assert any("images[3] (id 10)" in r and "not found" in r for r in reasons)
+    assert any("annotations[4] (id 5): unknown category_id 99" in r for r in reasons)
+    assert any("annotations[5] (id 6)" in r and "outside" in r for r in reasons)
+    assert any("annotations[6] (id 7)" in r and "xmax 5 <= xmin 5" in r for r in reasons)
+    assert any("annotations[7] (id 8): its image was skipped" in r for r in reasons)
+    assert summary.skipped == 5  # 4 bad + 1 crowd
+    assert (tmp_path / "out" / "labels" / "train" / "b.txt").read_text() == ""
+
+
+def test_coco_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = _images(tmp_path / "images")
+    json_path = tmp_path / "coco.json"
+    json_path.write_text('{"images": [],\n "categories": [}')
+    arguments = ["--json", str(json_path), "--images", str(images), "--out", str(tmp_path / "o")]
+    assert import_coco.main(arguments) == 2
+    assert f"{json_path}:2: invalid JSON" in capsys.readouterr().err
+    json_path.write_text(json.dumps(_coco(images)))
+    assert import_coco.main(arguments) == 0
+    assert "3 images, 3 boxes, 2 classes, 5 records skipped" in capsys.readouterr().out
+
+
+@given(x1=st.floats(0, 600), y1=st.floats(0, 400), w=st.floats(0.01, 640), h=st.floats(0.01, 480))
+def test_pixel_box_round_trip(x1: float, y1: float, w: float, h: float) -> None:
+    x2, y2 = min(x1 + w, 640.0), min(y1 + h, 480.0)
+    box, reason = pixel_box_to_yolo(x1, y1, x2, y2, 640, 480)
+    if x2 <= x1 or y2 <= y1:
+        assert box is None and reason
+        return
+    assert box is not None
+    cx, cy, bw, bh = box
+    back = [(cx - bw / 2) * 640, (cy - bh / 2) * 480, (cx + bw / 2) * 640, (cy + bh / 2) * 480]
+    np.testing.assert_allclose(back, [x1, y1, x2, y2], atol=1e-6)
