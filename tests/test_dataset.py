@@ -120,6 +120,14 @@ def test_no_horizontal_flip_by_default():
         np.testing.assert_allclose(kept, boxes, atol=0.5)
 
 
+def test_boxes_cut_away_by_the_mosaic_are_dropped():
+    image = np.full((128, 128, 3), 90, dtype=np.uint8)
+    boxes = np.array([[10, 10, 40, 40], [20, 128, 50, 128], [60, 60, 60, 90]], dtype=np.float32)
+    out, kept, classes = Augmenter(64, AugmentConfig(scale=0, translate=0), seed=0)(
+        image, boxes, np.array([0.0, 1.0, 2.0]), mosaic=True)
+    assert out.shape == (64, 64, 3) and set(classes.tolist()) <= {0.0}
+
+
 def test_hyp_dict_reads_only_augmentation_keys():
     config = AugmentConfig.from_hyp({"lr0": 0.01, "mosaic": 0.5, "fliplr": 0.0, "scale": 0.2})
     assert (config.mosaic, config.scale, config.translate) == (0.5, 0.2, 0.1)

@@ -161,6 +161,9 @@ class Augmenter:
                  mosaic: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> (image (size, size, 3) uint8, boxes (n, 4) xyxy px, classes (n,))."""
         pipeline = self.mosaic if mosaic else self.single
-        out = pipeline(image=image, bboxes=boxes.reshape(-1, 4), classes=classes)
+        boxes = boxes.reshape(-1, 4)
+        # Boxes cut away by the mosaic tiling are flat after clipping; albumentations rejects them.
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        out = pipeline(image=image, bboxes=boxes[keep], classes=classes.reshape(-1)[keep])
         kept = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         return out["image"], kept, np.asarray(out["classes"], dtype=np.float32).reshape(-1)

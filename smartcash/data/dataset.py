@@ -132,10 +132,15 @@ class YoloDataset(Dataset):
         if self.augmenter is not None:
             self.augmenter.reseed(seed)
 
+    def _reduction(self, index: int) -> int:
+        """Largest decode reduction (1, 2, 4, 8) that still leaves the long side >= imgsz."""
+        long_side = int(self.shapes[index].max())
+        return next((r for r in (8, 4, 2) if long_side >= r * self.imgsz), 1)
+
     def _resized(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """Image with long side imgsz and its boxes (n, 4) xyxy px."""
-        image = read_image(self.paths[index])
-        original = image.shape[:2]
+        image = read_image(self.paths[index], self._reduction(index))
+        original = (int(self.shapes[index][0]), int(self.shapes[index][1]))
         image, _ = resize_long_side(image, self.imgsz, fast=True)
         height, width = image.shape[:2]
         return image, _xywhn_to_xyxy(self.labels[index][:, 1:], width, height), original
@@ -150,13 +155,17 @@ class YoloDataset(Dataset):
             classes = np.concatenate([self.labels[i][:, 0] for i in indices])
             image, boxes, classes = self.augmenter(canvas, boxes, classes, mosaic=True)
             return image, boxes, classes, tiles[0][2], (0.0, 0.0, 0.0)
-        source = read_image(self.paths[index])
+        reduce = self._reduction(index)
+        source = read_image(self.paths[index], reduce)
         image, box = letterbox(source, self.imgsz, fast=True)
         height, width = source.shape[:2]
         boxes = _xywhn_to_xyxy(self.labels[index][:, 1:], width * box.scale, height * box.scale,
                                box.pad_x, box.pad_y)
         image, boxes, classes = self.augmenter(image, boxes, self.labels[index][:, 0], mosaic=False)
-        return image, boxes, classes, (height, width), (box.scale, box.pad_x, box.pad_y)
+        original = (int(self.shapes[index][0]), int(self.shapes[index][1]))
+        # Pre-augmentation mapping from the full-size source (the decode may have been reduced).
+        scale = box.scale * width / original[1]
+        return image, boxes, classes, original, (scale, box.pad_x, box.pad_y)
 
     def __getitem__(self, index: int) -> DatasetItem:
         if self.augmenter is not None:

@@ -21,6 +21,9 @@ def default_workers() -> int:
 def _seed_worker(worker_id: int) -> None:
     # torch gives each worker initial_seed = base_seed + worker_id, base_seed drawn from the
     # loader's seeded generator: so the augmentation streams are reproducible for a given seed.
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism comes from the workers; OpenCV's own threads only contend
     info = torch.utils.data.get_worker_info()
     if info is not None and hasattr(info.dataset, "reseed"):
         info.dataset.reseed(torch.initial_seed() % 2**32)
