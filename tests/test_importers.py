@@ -113,6 +113,18 @@ def test_csv_given_names_and_bad_header(tmp_path: Path) -> None:
     assert import_csv.main(arguments) == 2
 
 
+def test_csv_checks_the_aspect_ratio_not_the_scale(tmp_path: Path) -> None:
+    images = _images(tmp_path / "images")
+    csv_path = tmp_path / "boxes.csv"
+    rows = [CSV_ROWS[0], "a.jpg,128,96,cat,20,10,60,40", "sub/c.png,90,30,cat,1,1,5,5"]
+    csv_path.write_text("\n".join(rows) + "\n")
+    summary = import_csv.import_csv(csv_path, images, tmp_path / "out")
+    assert [p.line for p in summary.problems] == [3]
+    assert "image is 30x90 but annotated as 90x30" in summary.problems[0].reason
+    # a.jpg is a half-size copy of what was annotated: the normalised box still fits it.
+    _close(_pixel_boxes(summary.data_yaml), {"a.jpg": [("cat", (10, 5, 30, 20))]})
+
+
 def _coco(images: Path) -> dict:
     return {
         "images": [{"id": 7, "file_name": "a.jpg", "width": 64, "height": 48},

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -109,6 +110,21 @@ def test_cli_with_foreign_names_and_refuses_non_empty_out(tmp_path: Path) -> Non
         (out / "images" / "val" / "nested__note0_0.png").exists()
     assert splitter.main(args) == 2  # out is no longer empty: nothing is overwritten
     assert splitter.main(args[:-len(names) - 1] + ["--names", "only_one"]) == 2  # ids beyond the names
+
+
+def test_names_and_class_map_from_a_dataset_yaml(tmp_path: Path) -> None:
+    images, labels = _make_dataset(tmp_path / "source", per_denomination=10, backgrounds=0)
+    taxonomy = load_taxonomy()
+    thread = taxonomy.ids_in_layer(3)[0]
+    names = list(taxonomy.names)
+    names[thread] = "my_thread"
+    data = tmp_path / "source" / "data.yaml"
+    data.write_text(yaml.safe_dump({"train": "images", "names": names,
+                                    "class_map": {"my_thread": taxonomy.names[thread]}}))
+    result = splitter.split_dataset(images, labels, tmp_path / "out", (0.9, 0.1), seed=0, data=data)
+    assert result.plan.stratified and result.plan.counts() == {"train": 63, "val": 7}
+    config = load_dataset_config(result.data_yaml)
+    assert config.source_names == tuple(names) and config.class_index == tuple(range(taxonomy.num_classes))
 
 
 def test_strata_rules() -> None:

@@ -1,10 +1,12 @@
-"""Import COCO detection JSON (``images``, ``annotations`` with ``bbox`` xywh pixels, ``categories``) to YOLO.
+"""Import COCO detection JSON (``images``, ``annotations`` with ``bbox`` xywh pixels, ``categories``).
 
 Class names are the categories in category-id order (class id = position in that order).
 Crowd annotations (``iscrowd: 1``) are skipped and counted, as YOLOv5 does. Bad annotations
-(unknown image or category, malformed or empty bbox, box outside the image) and images missing
-on disk are reported as ``file: annotations[i] (id N): reason`` and skipped. Images with no
-annotation are kept as backgrounds. Boxes up to 1 px outside the image are clipped.
+(unknown image or category, malformed or empty bbox, box outside the image) and bad images
+(missing on disk, unreadable, another aspect ratio than declared) are reported as
+``file: annotations[i] (id N): reason`` or ``file: images[i] (id N): reason`` and skipped.
+Images with no annotation are kept as backgrounds. Boxes up to 1 px outside the image are
+clipped. Writes a YOLO layout + data.yaml.
 
     python -m smartcash.data.import_coco --json FILE --images DIR --out DIR
 """
@@ -24,7 +26,7 @@ import numpy as np
 
 from smartcash.data.errors import DatasetError
 from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
-                                        flat_name, pixel_box_to_yolo)
+                                        declared_size_problem, flat_name, pixel_box_to_yolo)
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,10 @@ def _images(json_path: Path, images: list[Any], images_dir: Path,
         if path is None:
             reason = f"{where} (id {image_id}): image {file_name!r} not found in {images_dir}"
             problems.append(ImportProblem(str(json_path), None, reason))
+            continue
+        size_problem = declared_size_problem(path, width, height)
+        if size_problem:
+            problems.append(ImportProblem(str(json_path), None, f"{where} (id {image_id}): {size_problem}"))
             continue
         found[image_id] = CocoImage(image_id, file_name, path, width, height)
     return found

@@ -1,9 +1,9 @@
 """Import CSV box annotations (``filename,width,height,class,xmin,ymin,xmax,ymax``, pixels) to YOLO.
 
-One row per box. Bad rows (missing image, non-numeric value, box outside the image, empty box,
-unknown class, size disagreeing with an earlier row of the same image, duplicate) are reported
-as ``file:line: reason`` and skipped; an image keeps its good rows, and an image with none is
-left out. Boxes up to 1 px outside the image are clipped. Class names are the given ``--names``
+One row per box. Bad rows (missing or unreadable image, non-numeric value, box outside the image,
+empty box, unknown class, size disagreeing with an earlier row of the same image or with the
+image's aspect ratio, duplicate) are reported as ``file:line: reason`` and skipped; an image
+keeps its good rows, and an image with none is left out. Boxes up to 1 px outside the image are clipped. Class names are the given ``--names``
 or, collected from the file, in taxonomy order when all are SmartCash classes, else sorted.
 Images are copied (or linked) into ``images/<split>``; the source is never moved.
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from smartcash.data.errors import DatasetError
 from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
-                                        flat_name, pixel_box_to_yolo)
+                                        declared_size_problem, flat_name, pixel_box_to_yolo)
 from smartcash.taxonomy import load_taxonomy
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class _RowChecker:
         self.names = set(names) if names else None
         self._images: dict[str, Path | None] = {}
         self._sizes: dict[str, tuple[float, float, int]] = {}
+        self._size_problems: dict[str, str] = {}
         self._seen: dict[tuple[object, ...], int] = {}
 
     def _image(self, filename: str) -> Path | None:
@@ -94,6 +95,11 @@ class _RowChecker:
         first = self._sizes.setdefault(filename, (width, height, line))
         if first[:2] != (width, height):
             return None, f"size {width:g}x{height:g} differs from line {first[2]} ({first[0]:g}x{first[1]:g})"
+        if width > 0 and height > 0:
+            if filename not in self._size_problems:
+                self._size_problems[filename] = declared_size_problem(image, width, height)
+            if self._size_problems[filename]:
+                return None, self._size_problems[filename]
         box, reason = pixel_box_to_yolo(values["xmin"], values["ymin"], values["xmax"], values["ymax"],
                                         width, height)
         if box is None:

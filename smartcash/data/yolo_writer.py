@@ -115,6 +115,24 @@ def pixel_box_to_yolo(xmin: float, ymin: float, xmax: float, ymax: float, width:
             (xmax - xmin) / width, (ymax - ymin) / height), ""
 
 
+def declared_size_problem(path: Path, width: float, height: float) -> str:
+    """'' when an image is readable and has the annotated aspect ratio, else the reason it is not.
+
+    A copy resized at the same aspect ratio is fine (normalised boxes do not change); another
+    aspect ratio means the boxes were drawn on a rotated or cropped version of the image.
+    """
+    from smartcash.data.images import probe_image  # lazy: PIL is needed only here
+
+    probe = probe_image(path)
+    if not probe.ok:
+        return probe.problem
+    declared, actual = width / height, probe.width / max(probe.height, 1)
+    if abs(actual - declared) > 0.01 * declared:
+        return (f"image is {probe.width}x{probe.height} but annotated as {width:g}x{height:g} "
+                "(another aspect ratio: rotated or cropped after annotation?)")
+    return ""
+
+
 def flat_name(relative: Path) -> str:
     """A file name for a nested source path: ``a/b/c.jpg`` -> ``a__b__c.jpg``."""
     return "__".join(Path(relative).parts)
