@@ -122,3 +122,15 @@ def test_grey_rgba_and_16_bit_pngs_load_as_rgb_uint8(tmp_path, mode):
     expected = {"I;16": (156,) * 3, "RGBA": (10, 20, 30), "L": (77,) * 3}[mode]
     np.testing.assert_allclose(loaded[0, 0], expected, atol=1)
     assert probe_image(tmp_path / "a.png").ok
+
+
+def test_list_file_subset_reports_no_orphans(tmp_path):
+    for name in ("a", "b"):
+        _jpeg(tmp_path / "images" / f"{name}.jpg")
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        (tmp_path / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "train.txt").write_text("images/a.jpg\n")
+    (tmp_path / "val.txt").write_text("images/b.jpg\n")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "train.txt", "val": "val.txt", "names": ["a"]}))
+    report = check_dataset(tmp_path / "d.yaml")
+    assert report.ok and [len(s.samples) for s in report.splits] == [1, 1]

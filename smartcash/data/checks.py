@@ -102,9 +102,13 @@ def _check_one(image: Path, label: Path, num_classes: int) -> tuple[Sample | Non
     return sample, problems, has_label
 
 
-def _orphan_labels(config: DatasetConfig, images: list[Path]) -> list[Problem]:
+def _orphan_labels(config: DatasetConfig, split: str, images: list[Path]) -> list[Problem]:
+    """Label files with no image, in the label folders of the split's image FOLDERS (a list file
+    may take a subset of a folder, so its neighbours' labels are no orphans)."""
     expected = {config.label_path(image) for image in images}
-    folders = {label.parent for label in expected}
+    folders_in = [s for s in config.split_sources(split).sources if s.is_dir()]
+    folders = {config.label_path(image).parent for image in images
+               if any(image.is_relative_to(folder) for folder in folders_in)}
     orphans = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.txt")
                      if p not in expected and p.name not in _IGNORED_LABEL_FILES)
     return [Problem(str(p), 0, f"{LABEL_WITHOUT_IMAGE} (no image with this stem in the split;"
@@ -135,7 +139,7 @@ def scan_split(config: DatasetConfig, split: str, workers: int | None = None) ->
                                 zip(images, labels)))
     samples = tuple(sample for sample, _, _ in results if sample is not None)
     problems = [p for _, found, _ in results for p in found]
-    problems.extend(_orphan_labels(config, images))
+    problems.extend(_orphan_labels(config, split, images))
     return SplitReport(split=split, samples=samples, problems=tuple(problems), num_images=len(images),
                        num_labels=sum(1 for _, _, has_label in results if has_label))
 

@@ -145,7 +145,7 @@ def _class_mapping(names: tuple[str, ...], class_map: dict[str, str], taxonomy: 
         return taxonomy, tuple(int(i) for i in ids if i is not None)
     if len(unmapped) == len(names) and not class_map:
         return Taxonomy.identity(names), tuple(range(len(names)))
-    example = "\n".join(f"  {name}: {taxonomy.names[-1]}" for name in unmapped[:3])
+    example = "\n".join(f"  {name}: <a SmartCash class name>" for name in unmapped[:3])
     raise DatasetError(
         f"{where}: class names {unmapped} map to no SmartCash class (names and aliases in loss.json:"
         f" {', '.join(taxonomy.names)}). Map them in the yaml, e.g.\nclass_map:\n{example}\n"
