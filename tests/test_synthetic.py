@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -121,10 +122,15 @@ def test_interrupted_generation_is_never_used(tmp_path: Path, monkeypatch: pytes
         with pytest.raises(RuntimeError):
             synthetic.ensure_synthetic_dataset(tmp_path, **SMALL)
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
-    # A folder without the completion marker (as if killed mid-rename by another tool) is rebuilt.
-    directory = tmp_path / synthetic.dataset_dir_name(SMALL["seed"], SMALL["num_train"], SMALL["num_val"],
-                                                      SMALL["imgsz"])
+    # A temporary folder of a killed run is cleaned up once old; a folder without the completion
+    # marker (left by something else) is rebuilt, never used.
+    name = synthetic.dataset_dir_name(SMALL["seed"], SMALL["num_train"], SMALL["num_val"], SMALL["imgsz"])
+    abandoned = tmp_path / f".tmp-{name}-killed"
+    (abandoned / "images").mkdir(parents=True)
+    os.utime(abandoned, (0, 0))
+    directory = tmp_path / name
     (directory / "images").mkdir(parents=True)
     data_yaml = synthetic.ensure_synthetic_dataset(tmp_path, **SMALL)
     assert (directory / synthetic.MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
     assert len(load_dataset_config(data_yaml).images("train")) == SMALL["num_train"]

@@ -21,9 +21,6 @@ def default_workers() -> int:
 def _seed_worker(worker_id: int) -> None:
     # torch gives each worker initial_seed = base_seed + worker_id, base_seed drawn from the
     # loader's seeded generator: so the augmentation streams are reproducible for a given seed.
-    import cv2
-
-    cv2.setNumThreads(1)  # parallelism comes from the workers; OpenCV's own threads only contend
     info = torch.utils.data.get_worker_info()
     if info is not None and hasattr(info.dataset, "reseed"):
         info.dataset.reseed(torch.initial_seed() % 2**32)
@@ -50,6 +47,13 @@ def build_dataloader(config: DatasetConfig, split: str, imgsz: int, batch_size: 
     """
     dataset = YoloDataset(config, split, imgsz, augment=augment, hyp=hyp, seed=seed)
     workers = default_workers() if workers is None else workers
+    if workers > 0:
+        import cv2
+
+        # Parallelism comes from the worker processes; OpenCV's own threads would only contend.
+        # Set here, in the parent, before the fork: a forked child that reconfigures OpenCV's
+        # thread pool (inherited without its threads) can hang forever.
+        cv2.setNumThreads(1)
     generator = torch.Generator()
     generator.manual_seed(seed)
     sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None

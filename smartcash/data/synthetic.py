@@ -39,6 +39,7 @@ MARKER = ".complete"  # written last; a folder without it is never used
 MIN_VISIBLE_FRACTION = 0.5
 BACKGROUND_PROBABILITY = 0.08  # images with no note at all
 JPEG_QUALITY = 92  # fixed, so the bytes are the same for the same seed
+ABANDONED_AFTER_S = 3600  # a temporary folder this old belongs to a killed run, not a live one
 
 #: Base note colours (BGR) by printed value, after the real Rupiah series.
 NOTE_COLOURS: dict[int, tuple[int, int, int]] = {
@@ -213,6 +214,17 @@ def _generate(directory: Path, seed: int, num_train: int, num_val: int, imgsz: i
     return data_yaml
 
 
+def _remove_abandoned(base: Path, name: str) -> None:
+    """Delete temporary folders of ``name`` left by killed runs (untouched for ABANDONED_AFTER_S)."""
+    for folder in base.glob(f".tmp-{name}-*"):
+        try:
+            if time.time() - folder.stat().st_mtime > ABANDONED_AFTER_S:
+                logger.info("removing %s, left by an interrupted generation", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # removed meanwhile by another process: nothing to do
+            continue
+
+
 def ensure_synthetic_dataset(root: str | os.PathLike[str] | None = None, seed: int = 0, num_train: int = 300,
                              num_val: int = 100, imgsz: int = 320, workers: int | None = None) -> Path:
     """The synthetic dataset's ``data.yaml``, generating it on first use.
@@ -236,6 +248,7 @@ def ensure_synthetic_dataset(root: str | os.PathLike[str] | None = None, seed: i
         directory.rename(stale / "old")
         shutil.rmtree(stale, ignore_errors=True)
     workers = workers or min(8, os.cpu_count() or 1)
+    _remove_abandoned(base, directory.name)
     temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=base))
     started = time.perf_counter()
     try:
