@@ -1,0 +1,1 @@
+"""Benchmarks: SmartCash measured against its peers in one run (`python -m benchmarks.<name>`)."""

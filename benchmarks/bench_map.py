@@ -1,0 +1,256 @@
+"""mAP benchmark: SmartCash's calculator against pycocotools, faster-coco-eval, torchmetrics and
+ultralytics, on the same synthetic validation set, in one run.
+
+    python -m benchmarks.bench_map [--quick] [--device cpu]
+
+Also holds the reference adapters (`run_pycocotools`, `run_faster_coco_eval`, `run_ultralytics`,
+`run_torchmetrics`) that the parity tests reuse: each feeds its tool exactly our inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmarks.common import format_table, import_time, machine_info, time_call, write_results
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+@dataclass(frozen=True)
+class Case:
+    """A validation set: per image predictions (N_i, 6) [x1, y1, x2, y2, score, class] and
+    targets (M_i, 5) [class, x1, y1, x2, y2], numpy float64."""
+
+    predictions: list[np.ndarray]
+    targets: list[np.ndarray]
+    num_classes: int
+
+
+def make_case(
+    seed: int,
+    num_images: int,
+    num_classes: int,
+    targets_per_image: float = 3.0,
+    predictions_per_target: float = 8.0,
+    false_positives_per_image: float = 6.0,
+    integer_boxes: bool = False,
+    score_decimals: int | None = None,
+    image_size: float = 640.0,
+) -> Case:
+    """Realistic-ish detections: jittered copies of each target (some with a wrong class) plus
+    random false positives; scores in [0, 1], higher for better boxes."""
+    rng = np.random.default_rng(seed)
+    predictions, targets = [], []
+    for _ in range(num_images):
+        count = rng.poisson(targets_per_image)
+        centre = rng.uniform(0.1, 0.9, (count, 2)) * image_size
+        size = rng.uniform(0.03, 0.4, (count, 2)) * image_size
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], 1)
+        classes = rng.integers(0, num_classes, count)
+        copies = rng.poisson(predictions_per_target, count)
+        source = np.repeat(np.arange(count), copies)
+        jitter = rng.normal(0, 0.08, (len(source), 4)) * np.tile(size[source], 2)
+        predicted = boxes[source] + jitter
+        quality = np.exp(-np.abs(jitter).sum(1) / np.maximum(size[source].sum(1), 1e-9) * 4)
+        predicted_classes = np.where(rng.random(len(source)) < 0.9, classes[source], rng.integers(0, num_classes, len(source)))
+        extra = rng.poisson(false_positives_per_image)
+        extra_centre = rng.uniform(0, 1, (extra, 2)) * image_size
+        extra_size = rng.uniform(0.02, 0.3, (extra, 2)) * image_size
+        predicted = np.concatenate([predicted, np.concatenate([extra_centre - extra_size / 2, extra_centre + extra_size / 2], 1)])
+        scores = np.concatenate([0.3 + 0.7 * quality * rng.uniform(0.6, 1, len(source)), rng.uniform(0, 0.7, extra)])
+        predicted_classes = np.concatenate([predicted_classes, rng.integers(0, num_classes, extra)])
+        if integer_boxes:
+            boxes, predicted = np.round(boxes), np.round(predicted)
+        if score_decimals is not None:
+            scores = np.round(scores, score_decimals)
+        predicted = np.concatenate([np.minimum(predicted[:, :2], predicted[:, 2:]), np.maximum(predicted[:, :2], predicted[:, 2:])], 1)
+        predictions.append(np.column_stack([predicted, np.clip(scores, 0, 1), predicted_classes]).astype(np.float64))
+        targets.append(np.column_stack([classes, boxes]).astype(np.float64))
+    return Case(predictions, targets, num_classes)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a reference tool reports: map50, map50_95 and per-class AP (C, 10), NaN if absent."""
+
+    map50: float
+    map50_95: float
+    ap: np.ndarray | None = None
+    precision: np.ndarray | None = None
+    recall: np.ndarray | None = None
+    f1: np.ndarray | None = None
+
+
+def _coco_dicts(case: Case) -> tuple[dict, list[dict]]:
+    """COCO ground-truth dataset and results list; image ids 1.. in case order, category id = class + 1."""
+    annotations, results = [], []
+    for image, (target, prediction) in enumerate(zip(case.targets, case.predictions)):
+        for cls, x1, y1, x2, y2 in target.tolist():
+            w, h = x2 - x1, y2 - y1
+            annotations.append({"id": len(annotations) + 1, "image_id": image + 1, "category_id": int(cls) + 1,
+                                "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 0})
+        for x1, y1, x2, y2, score, cls in prediction.tolist():
+            results.append({"image_id": image + 1, "category_id": int(cls) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+    dataset = {
+        "images": [{"id": image + 1, "width": 640, "height": 640} for image in range(len(case.targets))],
+        "categories": [{"id": cls + 1, "name": str(cls)} for cls in range(case.num_classes)],
+        "annotations": annotations,
+    }
+    return dataset, results
+
+
+def _coco_reference(evaluator) -> Reference:
+    precision = evaluator.eval["precision"][:, :, :, 0, 2]  # (T, R, K)
+    ap = np.where((precision > -1).all(1), precision.mean(1), np.nan).T  # (K, T)
+    stats = np.where(evaluator.stats[:2] == -1, np.nan, evaluator.stats[:2])  # -1: no ground truth at all
+    return Reference(float(stats[1]), float(stats[0]), ap)
+
+
+def run_pycocotools(case: Case) -> Reference:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    dataset, results = _coco_dicts(case)
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO()
+        truth.dataset = dataset
+        truth.createIndex()
+        evaluator = COCOeval(truth, truth.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return _coco_reference(evaluator)
+
+
+def run_faster_coco_eval(case: Case) -> Reference:
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    dataset, results = _coco_dicts(case)
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(dataset)
+        evaluator = COCOeval_faster(truth, truth.loadRes(results), "bbox", print_function=lambda *a, **k: None)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return _coco_reference(evaluator)
+
+
+def run_torchmetrics(case: Case) -> Reference:
+    import torch
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
+    predictions = [{"boxes": torch.from_numpy(p[:, :4]), "scores": torch.from_numpy(p[:, 4]), "labels": torch.from_numpy(p[:, 5]).long()} for p in case.predictions]
+    targets = [{"boxes": torch.from_numpy(t[:, 1:5]), "labels": torch.from_numpy(t[:, 0]).long()} for t in case.targets]
+    metric.update(predictions, targets)
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = metric.compute()
+    return Reference(float(result["map_50"]), float(result["map"]))
+
+
+def nms_order(prediction: np.ndarray) -> np.ndarray:
+    """Rows by float32 score descending, ties in row order: the order our yolo mode assumes NMS gives."""
+    return prediction[np.argsort(-prediction[:, 4].astype(np.float32), kind="stable")]
+
+
+def run_ultralytics(case: Case) -> Reference:
+    """DetectionValidator.update_metrics + Metric.process, reduced to what touches the numbers."""
+    import torch
+    from ultralytics.engine.validator import BaseValidator
+    from ultralytics.utils.metrics import ap_per_class, box_iou
+
+    class Matcher:  # match_predictions only reads self.iouv
+        iouv = torch.linspace(0.5, 0.95, 10)
+
+    stats = {"tp": [], "conf": [], "pred_cls": [], "target_cls": []}
+    for prediction, target in zip(case.predictions, case.targets):
+        prediction = torch.from_numpy(nms_order(prediction)).float()
+        target = torch.from_numpy(target).float()
+        if len(prediction) and len(target):
+            iou = box_iou(target[:, 1:5], prediction[:, :4])
+            tp = BaseValidator.match_predictions(Matcher(), prediction[:, 5], target[:, 0], iou).cpu().numpy()
+        else:
+            tp = np.zeros((len(prediction), 10), dtype=bool)
+        stats["tp"].append(tp)
+        stats["conf"].append(np.zeros(0) if not len(prediction) else prediction[:, 4].numpy())
+        stats["pred_cls"].append(np.zeros(0) if not len(prediction) else prediction[:, 5].numpy())
+        stats["target_cls"].append(target[:, 0].numpy())
+    stats = {key: np.concatenate(value, 0) for key, value in stats.items()}
+    _, _, p, r, f1, ap, classes, *_ = ap_per_class(stats["tp"], stats["conf"], stats["pred_cls"], stats["target_cls"])
+    full = np.full((case.num_classes, 10), np.nan)
+    full[classes] = ap
+    per_class = [np.full(case.num_classes, np.nan) for _ in range(3)]
+    for values, array in zip(per_class, (p, r, f1)):
+        values[classes] = array
+    map50 = float(ap[:, 0].mean()) if len(ap) else 0.0
+    return Reference(map50, float(ap.mean()) if len(ap) else 0.0, full, *per_class)
+
+
+def run_smartcash(case: Case, mode: str, device: str = "cpu", batch_size: int = 32):
+    from smartcash.model.training.core.parallel_map_calculator import ParallelMapCalculator
+
+    calculator = ParallelMapCalculator(case.num_classes, mode=mode)
+    predictions, targets = case.predictions, case.targets
+    if device != "cpu":
+        import torch
+
+        predictions = [torch.from_numpy(p).to(device) for p in predictions]
+        targets = [torch.from_numpy(t).to(device) for t in targets]
+    for start in range(0, len(predictions), batch_size):
+        calculator.update(predictions[start : start + batch_size], targets[start : start + batch_size])
+    return calculator.compute()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1/10 of the full size")
+    parser.add_argument("--device", default="cpu", help="where the SmartCash inputs live (cpu, cuda:0)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    num_images = 500 if args.quick else 5000
+    case = make_case(0, num_images, 17, targets_per_image=3.0, predictions_per_target=8.0, false_positives_per_image=6.0)
+    num_targets = sum(len(t) for t in case.targets)
+    num_predictions = sum(len(p) for p in case.predictions)
+    print(f"{num_images} images, 17 classes, {num_targets} targets, {num_predictions} predictions", file=sys.stderr)
+
+    tools = [
+        ("smartcash coco", lambda: run_smartcash(case, "coco", args.device), "smartcash.model.training.core.parallel_map_calculator"),
+        ("smartcash yolo", lambda: run_smartcash(case, "yolo", args.device), "smartcash.model.training.core.parallel_map_calculator"),
+        ("pycocotools", lambda: run_pycocotools(case), "pycocotools.cocoeval"),
+        ("faster-coco-eval", lambda: run_faster_coco_eval(case), "faster_coco_eval"),
+        ("torchmetrics (faster_coco_eval)", lambda: run_torchmetrics(case), "torchmetrics.detection"),
+        ("ultralytics", lambda: run_ultralytics(case), "ultralytics.utils.metrics"),
+    ]
+    slow = {"pycocotools", "torchmetrics (faster_coco_eval)"}
+    rows, records = [], {}
+    for name, function, module in tools:
+        repeats = max(1, args.repeats // 2) if name in slow else args.repeats
+        timing, value = time_call(function, repeats=repeats, warmup=1)
+        records[name] = {"median_s": timing.median_s, "runs_s": timing.runs_s, "map50": value.map50,
+                         "map50_95": value.map50_95, "import_s": import_time(module)}
+    reference = {"coco": records["smartcash coco"]["median_s"], "yolo": records["smartcash yolo"]["median_s"]}
+    for name, record in records.items():
+        base = reference["yolo"] if name in ("ultralytics", "smartcash yolo") else reference["coco"]
+        record["ratio_to_smartcash"] = record["median_s"] / base
+        rows.append([name, record["median_s"], f"{record['ratio_to_smartcash']:.1f}x", record["map50"], record["map50_95"], record["import_s"]])
+    headers = ["tool", "time_s (median)", "vs smartcash", "mAP50", "mAP50-95", "import_s"]
+    print(format_table(headers, rows))
+    print("(ratio: time / SmartCash time in the same semantics: coco mode for COCO tools, yolo mode for ultralytics)")
+    info = machine_info(args.device)
+    print(f"machine: {info}")
+    path = write_results("map_quick" if args.quick else "map", {"machine": info, "images": num_images, "targets": num_targets,
+                                                                "predictions": num_predictions, "tools": records})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

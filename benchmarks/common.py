@@ -1,0 +1,117 @@
+"""Shared benchmark harness: machine info, warm-up + median timing, table printing, atomic JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """What the numbers were measured on. Imports torch (benchmarks only, never library code)."""
+    import numpy
+    import torch
+
+    info = {
+        "cpu": cpu_model(),
+        "cpu_cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of `repeats` timed runs after `warmup` untimed ones."""
+
+    median_s: float
+    min_s: float
+    runs_s: tuple[float, ...]
+
+
+def time_call(function: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> tuple[Timing, Any]:
+    """Run `function` warmup + repeats times; (Timing over the timed runs, last return value)."""
+    value = None
+    for _ in range(warmup):
+        value = function()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = function()
+        runs.append(time.perf_counter() - start)
+    return Timing(statistics.median(runs), min(runs), tuple(runs)), value
+
+
+def import_time(module: str, repeats: int = 3) -> float:
+    """Median seconds for a fresh interpreter to `import module` (interpreter start-up subtracted)."""
+
+    def run(code: str) -> float:
+        command = [sys.executable, "-c", f"import time; s = time.perf_counter(); {code}; print(time.perf_counter() - s)"]
+        out = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"})
+        return float(out.stdout.strip().splitlines()[-1])
+
+    return statistics.median(run(f"import {module}") for _ in range(repeats))
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain aligned text table; floats with 4 significant decimals."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
+        return str(value)
+
+    text = [[cell(value) for value in row] for row in rows]
+    widths = [max(len(str(header)), *(len(row[i]) for row in text)) for i, header in enumerate(headers)]
+    lines = ["  ".join(str(header).ljust(width) for header, width in zip(headers, widths))]
+    lines.append("  ".join("-" * width for width in widths))
+    lines += ["  ".join(value.ljust(width) for value, width in zip(row, widths)) for row in text]
+    return "\n".join(lines)
+
+
+def write_results(name: str, payload: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
+    """Write `directory/<name>.json` atomically (temporary file + rename); returns the path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{name}.json"
+    payload = {"benchmark": name, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
+        json.dump(payload, handle, indent=2, default=_json_default)
+        handle.write("\n")
+        temporary = Path(handle.name)
+    os.replace(temporary, target)
+    return target
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
