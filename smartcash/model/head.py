@@ -1,0 +1,125 @@
+"""The anchor-based YOLOv5 detection head and the decoding of its raw outputs into boxes.
+
+Raw output per scale: (B, A, H, W, 5 + nc) logits, channel order [x, y, w, h, objectness,
+class_0 ...] as in YOLOv5 v6, so YOLOv5 weights load into it unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+#: YOLOv5's bias prior: about 8 objects per 640x640 image, spread over each scale's cells.
+PRIOR_OBJECTS_PER_IMAGE = 8.0
+PRIOR_IMAGE_SIZE = 640.0
+#: YOLOv5's class prior: the probability mass 0.6 shared over the classes.
+PRIOR_CLASS_PROBABILITY = 0.6
+
+
+class GridCache:
+    """Cell-offset grids per (height, width, device, dtype), built once and reused every forward.
+
+    Only the grids are cached. Anchors are broadcast as (1, A, 1, 1, 2) at decode time, which
+    costs the same as multiplying by a cached anchor grid but can never go stale when the
+    anchors change (autoanchor, a loaded checkpoint).
+    """
+
+    def __init__(self) -> None:
+        self._grids: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+
+    def grid(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(1, 1, height, width, 2) [x - 0.5, y - 0.5] of every cell, in cells."""
+        key = (height, width, torch.device(device), dtype)
+        grid = self._grids.get(key)
+        if grid is None:
+            rows = torch.arange(height, device=device, dtype=dtype)
+            columns = torch.arange(width, device=device, dtype=dtype)
+            y, x = torch.meshgrid(rows, columns, indexing="ij")  # (H, W) each
+            grid = (torch.stack((x, y), dim=-1) - 0.5).view(1, 1, height, width, 2)
+            self._grids[key] = grid
+        return grid
+
+    def clear(self) -> None:
+        self._grids.clear()
+
+    def __len__(self) -> int:
+        return len(self._grids)
+
+
+def decode_predictions(raw: Sequence[Tensor], anchors: Tensor, strides: Tensor | Sequence[float],
+                       cache: GridCache | None = None) -> Tensor:
+    """Decode raw head outputs into boxes in input pixels (YOLOv5 v6 decoding).
+
+    xy = (2 sigmoid(t_xy) - 0.5 + cell) * stride, wh = (2 sigmoid(t_wh))^2 * anchor.
+
+    Args:
+        raw: per scale (B, A, H, W, 5 + nc) logits.
+        anchors: (L, A, 2) anchor [w, h] in input pixels, one row per scale.
+        strides: (L,) pixels per cell of each scale.
+        cache: grids to reuse; a throwaway one when None.
+
+    Returns:
+        (B, N, 5 + nc), N = sum(A * H * W): [cx, cy, w, h] in input pixels, then objectness
+        and class probabilities (sigmoid applied).
+    """
+    cache = cache if cache is not None else GridCache()
+    decoded = []
+    for level, prediction in enumerate(raw):
+        batch, num_anchors, height, width, num_outputs = prediction.shape
+        grid = cache.grid(height, width, prediction.device, prediction.dtype)  # (1, 1, H, W, 2)
+        anchor = anchors[level].to(prediction.dtype).view(1, num_anchors, 1, 1, 2)
+        probabilities = prediction.sigmoid()
+        xy = (probabilities[..., :2] * 2 + grid) * strides[level]
+        wh = (probabilities[..., 2:4] * 2).pow(2) * anchor
+        boxes = torch.cat((xy, wh, probabilities[..., 4:]), dim=-1)  # (B, A, H, W, 5 + nc)
+        decoded.append(boxes.view(batch, -1, num_outputs))
+    return torch.cat(decoded, dim=1)
+
+
+class Detect(nn.Module):
+    """One 1x1 convolution per scale producing A x (5 + nc) channels (66 for 3 anchors, nc = 17).
+
+    Attributes:
+        anchors: buffer (L, A, 2), anchor [w, h] in input pixels, small to large; saved in the
+            state dict so a checkpoint carries its (possibly re-fitted) anchors.
+        stride: buffer (L,) pixels per cell, [8, 16, 32]; not saved (fixed by the architecture).
+    """
+
+    def __init__(self, num_classes: int, in_channels: Sequence[int], anchors: Tensor,
+                 strides: Sequence[float]) -> None:
+        super().__init__()
+        if anchors.ndim != 3 or anchors.shape[0] != len(in_channels) or anchors.shape[2] != 2:
+            raise ValueError(f"anchors must be (scales={len(in_channels)}, anchors, 2), got {tuple(anchors.shape)}")
+        self.num_classes = num_classes
+        self.num_outputs = 5 + num_classes
+        self.num_levels, self.num_anchors = anchors.shape[0], anchors.shape[1]
+        self.convs = nn.ModuleList(nn.Conv2d(channels, self.num_anchors * self.num_outputs, 1)
+                                   for channels in in_channels)
+        self.register_buffer("anchors", anchors.detach().clone().float())
+        self.register_buffer("stride", torch.tensor(strides, dtype=torch.float32), persistent=False)
+        self.grid_cache = GridCache()
+        self.initialize_biases()
+
+    def initialize_biases(self) -> None:
+        """YOLOv5's priors: few objects per cell, classes near-uniform (faster, stabler start)."""
+        class_prior = math.log(PRIOR_CLASS_PROBABILITY / (self.num_classes - 0.99))
+        with torch.no_grad():
+            for conv, stride in zip(self.convs, self.stride.tolist()):
+                bias = conv.bias.view(self.num_anchors, self.num_outputs)
+                cells = (PRIOR_IMAGE_SIZE / stride) ** 2
+                bias[:, 4] += math.log(PRIOR_OBJECTS_PER_IMAGE / cells)
+                bias[:, 5:] += class_prior
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """features: per scale (B, C_l, H_l, W_l). Train: raw list; eval: (decoded, raw)."""
+        raw = []
+        for conv, feature in zip(self.convs, features):
+            batch, _, height, width = feature.shape
+            output = conv(feature).view(batch, self.num_anchors, self.num_outputs, height, width)
+            raw.append(output.permute(0, 1, 3, 4, 2).contiguous())  # (B, A, H, W, 5 + nc)
+        if self.training:
+            return raw
+        return decode_predictions(raw, self.anchors, self.stride, self.grid_cache), raw
