@@ -1,0 +1,248 @@
+"""Training configuration: ``configs/default.yaml`` < ``--config`` YAML < CLI flags -> one frozen
+``TrainConfig``, validated once here; the code below trusts it.
+
+The numbers (LRs, warm-up, EMA, clip ...) live in ``configs/default.yaml``; this module only
+knows their names and types.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smartcash.atomic import atomic_write_text
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+MODELS = ("yolov5n", "yolov5s", "efficientnet_b4")
+#: Flags a ``--resume`` may change; everything else comes from the interrupted run's config.
+RESUME_OVERRIDES = ("device", "workers", "epochs", "patience")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs (see ``configs/default.yaml`` for the meaning of each)."""
+
+    phase: int
+    data: str | None
+    model: str
+    weights: str | None
+    epochs: int
+    imgsz: int | None
+    batch: int
+    workers: int
+    device: str
+    project: str
+    name: str
+    resume: bool
+    seed: int
+    augment: bool
+    autoanchor: bool
+    amp: bool
+    plots: bool
+    phase1_head_lr: float
+    phase2_head_lr: float
+    phase2_backbone_lr: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    final_lr_fraction: float
+    warmup_epochs: float
+    warmup_bias_lr: float
+    warmup_beta1: float
+    nominal_batch: int
+    clip_grad_norm: float
+    ema_decay: float
+    ema_tau: float
+    patience: int
+    early_stop_metric: str
+    records_flush_every: int
+
+    @property
+    def run_dir(self) -> Path:
+        """``PROJECT/train/NAME/phaseN``."""
+        return Path(self.project) / "train" / self.name / f"phase{self.phase}"
+
+    def phase_dir(self, phase: int) -> Path:
+        return Path(self.project) / "train" / self.name / f"phase{phase}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (saved as ``args.yaml`` and inside every checkpoint)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+        """Build and validate from a complete mapping (e.g. a checkpoint's ``config``)."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+        missing = sorted(known - set(values))
+        if missing:
+            raise ConfigError(f"{source}: missing key(s) {missing} (see {DEFAULT_CONFIG})")
+        hints = typing.get_type_hints(cls)
+        typed = {name: _coerce(name, value, hints[name], source) for name, value in values.items()}
+        config = cls(**typed)
+        _validate(config, source)
+        return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """CLI flags. Every default is None so that only flags actually given override the YAML."""
+    parser = argparse.ArgumentParser(
+        prog="python -m smartcash.train",
+        description="Two-phase SmartCash training (phase 1: frozen backbone; phase 2: all layers).")
+    add = parser.add_argument
+    add("--phase", type=int, choices=(1, 2), help="training phase (default 1)")
+    add("--data", help="data.yaml (default: the built-in synthetic dataset)")
+    add("--model", choices=MODELS)
+    add("--weights", help="phase 1: pretrained weights; phase 2: default NAME/phase1 best.pt")
+    add("--epochs", type=int)
+    add("--imgsz", type=int, help="input size, multiple of 32 (default 320 CPU / 640 CUDA)")
+    add("--batch", type=int, help="batch size per process")
+    add("--workers", type=int)
+    add("--device", help="cpu | cuda | cuda:N | N (default: cuda if available)")
+    add("--project", help="root folder of runs (default runs)")
+    add("--name", help="run name (default exp)")
+    add("--config", help="YAML overriding configs/default.yaml (flags override both)")
+    add("--resume", action="store_const", const=True, default=None,
+        help="continue PROJECT/train/NAME/phaseN/weights/last.pt")
+    add("--patience", type=int, help="epochs without improvement before stopping (0 = never)")
+    add("--seed", type=int)
+    return parser
+
+
+def build_config(argv: list[str] | None = None) -> TrainConfig:
+    """Parse ``argv``, merge default YAML < ``--config`` < flags, resolve device/imgsz, validate."""
+    args = vars(build_parser().parse_args(argv))
+    user_yaml = args.pop("config")
+    values = read_yaml(DEFAULT_CONFIG)
+    if user_yaml is not None:
+        override = read_yaml(user_yaml)
+        unknown = sorted(set(override) - set(values))
+        if unknown:
+            raise ConfigError(f"{user_yaml}: unknown key(s) {unknown}; valid keys: {sorted(values)}")
+        values.update(override)
+    values.update({key: value for key, value in args.items() if value is not None})
+    source = f"{user_yaml or DEFAULT_CONFIG} + command line"
+    values["device"] = resolve_device(str(values.get("device") or ""), source)
+    if values.get("imgsz") is None:
+        values["imgsz"] = 640 if values["device"].startswith("cuda") else 320
+    return TrainConfig.from_dict(values, source)
+
+
+def resolve_device(device: str, source: str = "config") -> str:
+    """``""`` -> cuda if available else cpu; ``"0"`` -> ``"cuda:0"``; checks CUDA is there."""
+    import torch
+
+    text = device.strip().lower()
+    if text in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text.isdigit():
+        text = f"cuda:{text}"
+    if text == "cpu":
+        return text
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{source}: device {device!r} asked for CUDA but torch sees no GPU "
+                              "(use --device cpu)")
+        index = int(text[5:]) if ":" in text else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{source}: device {device!r}: only {torch.cuda.device_count()} GPU(s)")
+        return text
+    raise ConfigError(f"{source}: device {device!r} not understood (cpu | cuda | cuda:N | N)")
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML mapping, or a ConfigError naming the file (and line) that is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: config file not found") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(error, 'problem', error)})") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
+    """Write ``args.yaml`` atomically."""
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
+    """Check ``value`` against the field's type; ints are accepted for floats."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{source}: {name} must not be empty")
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, (str, Path)):
+            return str(value)
+    wanted = " or ".join(getattr(kind, "__name__", str(kind)) for kind in allowed)
+    raise ConfigError(f"{source}: {name} must be {wanted}, got {value!r}")
+
+
+def _validate(config: TrainConfig, source: str) -> None:
+    def fail(key: str, reason: str) -> None:
+        raise ConfigError(f"{source}: {key}={getattr(config, key)!r}: {reason}")
+
+    if config.phase not in (1, 2):
+        fail("phase", "must be 1 (frozen backbone) or 2 (all layers)")
+    if config.model not in MODELS:
+        fail("model", f"must be one of {', '.join(MODELS)}")
+    for key in ("epochs", "batch", "nominal_batch", "records_flush_every"):
+        if getattr(config, key) < 1:
+            fail(key, "must be >= 1")
+    for key in ("workers", "patience", "seed"):
+        if getattr(config, key) < 0:
+            fail(key, "must be >= 0")
+    if config.imgsz is None or config.imgsz < 32 or config.imgsz % 32:
+        fail("imgsz", "must be a multiple of 32 (the largest stride), >= 32")
+    for key in ("phase1_head_lr", "phase2_head_lr", "phase2_backbone_lr", "clip_grad_norm",
+                "ema_tau"):
+        if not getattr(config, key) > 0:
+            fail(key, "must be > 0")
+    for key in ("weight_decay", "warmup_epochs", "warmup_bias_lr"):
+        if not getattr(config, key) >= 0:
+            fail(key, "must be >= 0")
+    for key in ("beta1", "beta2", "warmup_beta1", "ema_decay"):
+        if not 0 <= getattr(config, key) < 1:
+            fail(key, "must be in [0, 1)")
+    if not 0 < config.final_lr_fraction <= 1:
+        fail("final_lr_fraction", "must be in (0, 1]")
+    if not config.name or Path(config.name).name != config.name or config.name in (".", ".."):
+        fail("name", "must be a plain folder name (no '/')")
+    if not config.early_stop_metric:
+        fail("early_stop_metric", "must name 'fitness' or a results.csv column")
+    for key in ("data", "weights"):
+        path = getattr(config, key)
+        if path is not None and not Path(path).is_file():
+            fail(key, "file not found")
+    if not (config.device == "cpu" or config.device.startswith("cuda")):
+        fail("device", "must be cpu, cuda or cuda:N")

@@ -1,0 +1,134 @@
+"""The model registry: ``runs/registry.json``, the finished runs keyed by id.
+
+The file holds ``{"version": 1, "runs": {id: entry}}``: lookup by id is one dict access; ``best``
+scans the entries once. Updates are read-modify-write under an exclusive ``fcntl`` lock on a
+sidecar ``.lock`` file (concurrent runs, DDP ranks) and the file is replaced atomically.
+The id is ``NAME/phaseN``: a new run of the same name and phase replaces its entry, as it replaces
+the weights the entry points at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smartcash.atomic import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_VERSION = 1
+
+
+class RegistryError(RuntimeError):
+    """The registry file is unreadable, or an id / metric is not in it."""
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One finished run."""
+
+    id: str
+    phase: int
+    data: str
+    model: str
+    weights: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    date: str = ""
+    run_dir: str = ""
+    epochs: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RegistryEntry:
+        known = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        return cls(**known)
+
+
+class ModelRegistry:
+    """A JSON registry of finished runs.
+
+    Args:
+        path: the registry file (created on the first ``add``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def add(self, entry: RegistryEntry) -> None:
+        """Insert or replace ``entry`` (by id), atomically and under the lock."""
+        if not entry.date:
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            entry = RegistryEntry(**{**asdict(entry), "date": now})
+        with self._locked():
+            runs = self._read()
+            runs[entry.id] = asdict(entry)
+            payload = {"version": REGISTRY_VERSION, "runs": runs}
+            atomic_write_text(self.path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        logger.info("registry %s: %s", self.path, entry.id)
+
+    def get(self, run_id: str) -> RegistryEntry:
+        """The entry with ``run_id`` (O(1) after reading the file)."""
+        runs = self._read()
+        if run_id not in runs:
+            raise RegistryError(f"{self.path}: no run {run_id!r} (known: {sorted(runs) or 'none'})")
+        return RegistryEntry.from_dict(runs[run_id])
+
+    def entries(self) -> list[RegistryEntry]:
+        """All entries, oldest first."""
+        entries = [RegistryEntry.from_dict(data) for data in self._read().values()]
+        return sorted(entries, key=lambda entry: (entry.date, entry.id))
+
+    def best(self, metric: str, phase: int | None = None) -> RegistryEntry | None:
+        """The entry with the best ``metric`` (highest; lowest for a ``*loss*`` metric).
+
+        ``metric`` is a full name (``metrics/mAP50-95``) or a short one (``mAP50-95``).
+        Entries without the metric are ignored; None when no entry has it.
+        """
+        lower_is_better = "loss" in metric
+        best_entry, best_value = None, None
+        for entry in self.entries():
+            if phase is not None and entry.phase != phase:
+                continue
+            value = _metric(entry.metrics, metric)
+            if value is None:
+                continue
+            if best_value is None or (value < best_value if lower_is_better else value > best_value):
+                best_entry, best_value = entry, value
+        return best_entry
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        if not self.path.is_file():
+            return {}
+        try:
+            payload = json.loads(self.path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise RegistryError(f"{self.path}:{error.lineno}: invalid JSON ({error.msg}); "
+                                "fix or delete the file") from error
+        if not isinstance(payload, dict) or not isinstance(payload.get("runs"), dict):
+            raise RegistryError(f"{self.path}: expected {{'version': 1, 'runs': {{...}}}}")
+        return payload["runs"]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl  # POSIX only; imported here so reading works everywhere
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _metric(metrics: dict[str, float], name: str) -> float | None:
+    for key in (name, f"metrics/{name}"):
+        if key in metrics and metrics[key] is not None:
+            return float(metrics[key])
+    return None

@@ -1,0 +1,348 @@
+"""The epoch loop: ``Trainer.train()`` reads top to bottom; one optimisation step is ``optimization_step``.
+
+Hooks, in the order they run: ``before_train`` (data, model, phase switch, resume), per epoch
+``before_epoch`` (seeding) -> ``train_one_epoch`` -> ``after_epoch`` (validate the EMA weights,
+checkpoint, record, early stopping), then ``after_train`` (plots, registry).
+
+Determinism (why a resumed CPU run ends bit-identical to an uninterrupted one): every RNG that
+training touches is re-seeded from (seed, epoch, rank) at the start of each epoch, the LR schedule
+is a pure function of (iteration, epoch), gradients never accumulate across an epoch boundary, and
+checkpoints are written at epoch boundaries.
+
+DDP: every rank trains on its DistributedSampler shard; rank 0 alone validates on the full val
+loader, writes every file and broadcasts the early-stopping decision (simplest correct choice:
+metrics see every val image exactly once, no gather of variable-size predictions).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from smartcash.config import TrainConfig, save_config
+from smartcash.model.loss import LossOutput, YoloLoss
+from smartcash.model.summary import model_summary
+from smartcash.model.training import run_setup
+from smartcash.model.training.checkpoint import (checkpoint_bytes, restore_rng_state,
+                                                 rng_state, save_checkpoint)
+from smartcash.model.training.optim import ModelEMA, group_lrs
+from smartcash.model.training.core.validation_executor import ValidationExecutor
+from smartcash.model.training.phases import enter_phase
+from smartcash.model.training.records import ResultsWriter
+from smartcash.taxonomy import load_loss_config
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf: training stops; the last good checkpoints are left as they were."""
+
+    def __init__(self, epoch: int, batch_index: int, losses: LossOutput) -> None:
+        parts = ", ".join(f"{name}={float(getattr(losses, name)):.4g}" for name in ("box", "obj", "cls"))
+        super().__init__(f"non-finite loss at epoch {epoch}, batch {batch_index} ({parts}): training "
+                         "stopped; the last good checkpoints were kept (try a lower LR or check the data)")
+        self.epoch, self.batch_index = epoch, batch_index
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    best_weights: Path
+    last_weights: Path
+    best_epoch: int
+    best_value: float
+    epochs_completed: int
+    stopped_early: bool
+    metrics: dict[str, Any] = field(default_factory=dict)  # the best epoch's results.csv row
+
+
+def optimization_step(model: nn.Module, images: Tensor, targets: Tensor, loss_fn: Any,
+                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ema: ModelEMA,
+                      *, update: bool, clip_grad_norm: float, amp: bool, where: tuple[int, int]) -> LossOutput:
+    """Forward, loss, backward; when ``update``: unscale, clip, step, zero, EMA.
+
+    Gradients of the batches between updates add up (accumulation to the nominal batch). The loss
+    is checked before backward, so a non-finite loss never reaches the weights.
+
+    Args:
+        images: (B, 3, H, W) in [0, 1]; targets: (n, 6) [image, class, cx, cy, w, h] normalised.
+        where: (epoch, batch index) for the error message.
+    """
+    with torch.autocast(device_type=images.device.type, enabled=amp):
+        raw = model(images)  # 3 x (B, 3, H/s, W/s, 5 + nc) logits, strides 8/16/32
+        losses = loss_fn(raw, targets)  # total = (box + obj + cls) * B, as YOLOv5
+    if not torch.isfinite(losses.total):
+        raise NonFiniteLossError(*where, losses)
+    scaler.scale(losses.total).backward()
+    if update:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip_grad_norm)
+        scaler.step(optimizer)  # skipped by the scaler if AMP produced inf gradients
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(_unwrap(model))
+    return losses
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """One seed per (run seed, epoch, rank): resuming at epoch e replays epoch e exactly."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**31
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _fitness_value(metric: str, row: dict[str, Any]) -> float:
+    if metric not in row:
+        raise KeyError(f"early_stop_metric {metric!r} is not a results column ({', '.join(row)})")
+    return float(row[metric])
+
+
+class Trainer:
+    """One training phase of one run. ``Trainer(config).train() -> TrainResult``.
+
+    Args:
+        config: the validated config (``config.data`` resolved to a data.yaml).
+        distributed: rank / world size under torchrun.
+    """
+
+    def __init__(self, config: TrainConfig, distributed: Distributed | None = None) -> None:
+        self.config = config
+        self.dist = distributed or Distributed()
+        self.run_dir = config.run_dir
+        self.weights_dir = self.run_dir / "weights"
+        device = torch.device(config.device)
+        if device.type == "cuda" and self.dist.world_size > 1:
+            device = torch.device("cuda", self.dist.local_rank)
+        self.device = device
+        self.amp = config.amp and device.type == "cuda"  # AMP + GradScaler on CUDA only
+        self.start_epoch = 0
+        self.epoch = -1  # last completed epoch
+        self.best_row: dict[str, Any] = {}
+        self.last_row: dict[str, Any] = {}
+        self.best_result: Any = None
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> TrainResult:
+        self.before_train()
+        stopped_early = False
+        try:
+            for epoch in range(self.start_epoch, self.config.epochs):
+                self.before_epoch(epoch)
+                started = time.perf_counter()
+                train_losses = self.train_one_epoch(epoch)
+                stopped_early = self.after_epoch(epoch, train_losses, time.perf_counter() - started)
+                if stopped_early:
+                    break
+        except KeyboardInterrupt:
+            if self.dist.is_main:
+                self._save_checkpoints(improved=False, interrupted=True)
+                self.records.flush()
+                logger.warning("interrupted: saved %s; continue with --resume", self.weights_dir / "last.pt")
+            raise
+        except BaseException:
+            if self.dist.is_main:
+                self.records.flush()  # the epochs that did finish are on disk; no checkpoint written
+            raise
+        return self.after_train(stopped_early)
+
+    # ------------------------------------------------------------------ hooks
+    def before_train(self) -> None:
+        """Data, model at its starting point, the phase switch, resume, DDP, run folder."""
+        config, dist = self.config, self.dist
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its kernels
+        start = run_setup.find_start_point(config)  # first: a missing checkpoint fails fast
+        data = run_setup.build_data(config, dist.world_size, dist.is_main)
+        self.taxonomy, self.train_loader, self.val_loader = data.taxonomy, data.train_loader, data.val_loader
+        seed_everything(config.seed)  # identical initial weights on every rank and every run
+        model = run_setup.build_detector(config, self.taxonomy, start, self.train_loader.dataset).to(self.device)
+        if dist.is_main:
+            logger.info("%s", model_summary(model, config.imgsz))
+        self.loss_fn = YoloLoss(model, load_loss_config())
+        self.validator = ValidationExecutor(self.taxonomy, show_progress=dist.is_main)
+        self.phase_setup = enter_phase(config.phase, model, config, len(self.train_loader), self.validator)
+        self.optimizer = self.phase_setup.optimizer
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self.ema = ModelEMA(model, config.ema_decay, config.ema_tau)
+        # Accumulate gradients over ~nominal_batch images (all ranks together) per optimiser step.
+        self.accumulate = max(round(config.nominal_batch / (config.batch * dist.world_size)), 1)
+        if start.resume:
+            self.resume_from(start.state)
+            logger.info("resuming %s from epoch %d", start.path, self.start_epoch)
+        self.model = model
+        if dist.world_size > 1:
+            # Frozen (requires_grad False) parameters are not registered by DDP, so phase 1
+            # needs no find_unused_parameters.
+            self.model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if dist.is_main:
+            run_setup.prepare_run_dir(config)
+            save_config(config, self.run_dir / "args.yaml")
+            self.records = ResultsWriter(self.run_dir / "results.csv", config.records_flush_every,
+                                         resume_before_epoch=self.start_epoch if start.resume else None)
+
+    def before_epoch(self, epoch: int) -> None:
+        """Re-seed every RNG from (seed, epoch, rank); tell samplers the epoch."""
+        seed = epoch_seed(self.config.seed, epoch, self.dist.rank)
+        seed_everything(seed)
+        dataset = getattr(self.train_loader, "dataset", None)
+        if hasattr(dataset, "reseed"):  # augmentation in this process (workers=0); workers reseed themselves
+            dataset.reseed(seed)
+        generator = getattr(self.train_loader, "generator", None)
+        if generator is not None:
+            generator.manual_seed(seed)
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """Train over the loader; returns the mean weighted box/obj/cls losses of the epoch."""
+        self.model.train()  # the Detector keeps a frozen backbone's BatchNorm in eval
+        batches = len(self.train_loader)
+        sums = torch.zeros(3, device=self.device)
+        progress = self._progress(self.train_loader, f"phase {self.config.phase} epoch {epoch}")
+        for index, batch in enumerate(progress):
+            iteration = epoch * batches + index
+            self.phase_setup.schedule.apply(self.optimizer, iteration, epoch)
+            batch = batch.to(self.device)
+            update = (index + 1) % self.accumulate == 0 or index == batches - 1
+            losses = optimization_step(
+                self.model, batch.images, batch.targets, self.loss_fn, self.optimizer, self.scaler,
+                self.ema, update=update, clip_grad_norm=self.config.clip_grad_norm, amp=self.amp,
+                where=(epoch, index))
+            sums += torch.stack([losses.box, losses.obj, losses.cls]).detach().float()
+            if hasattr(progress, "set_postfix") and index % 10 == 0:
+                progress.set_postfix(loss=f"{float(losses.total.detach()) / len(batch.images):.4f}")
+        means = (sums / max(1, batches)).tolist()
+        return {"train/box_loss": means[0], "train/obj_loss": means[1], "train/cls_loss": means[2]}
+
+    def after_epoch(self, epoch: int, train_losses: dict[str, float], seconds: float) -> bool:
+        """Validate the EMA weights (rank 0), checkpoint, record; True when early stopping fires."""
+        stop = torch.zeros(1, device=self.device)
+        if self.dist.is_main:
+            result = self.validate()
+            lrs = group_lrs(self.optimizer)
+            row = {"epoch": epoch, "phase": self.config.phase, **train_losses, **result.metrics_row(),
+                   "fitness": float(result.fitness), "lr/backbone": lrs.get("backbone", 0.0),
+                   "lr/head": lrs.get("head", 0.0), "epoch_time_s": seconds}
+            tracker = self.phase_setup.early_stopping
+            partial = bool(getattr(result, "partial", False))
+            improved = not partial and tracker.update(epoch, _fitness_value(tracker.metric, row))
+            if improved:
+                self.best_row, self.best_result = row, result
+            self.epoch, self.last_row = epoch, row
+            self._save_checkpoints(improved=improved, interrupted=False)
+            self.records.add(row)
+            logger.info("epoch %d/%d: mAP50 %.4f mAP50-95 %.4f %s %.4f (best %.4f @ %d) %.1f s",
+                        epoch, self.config.epochs - 1, row.get("metrics/mAP50", float("nan")),
+                        row.get("metrics/mAP50-95", float("nan")), tracker.metric,
+                        _fitness_value(tracker.metric, row), tracker.best, tracker.best_epoch, seconds)
+            if tracker.should_stop(epoch):
+                logger.info("early stopping: no %s improvement for %d epochs (best %.4f at epoch %d)",
+                            tracker.metric, tracker.patience, tracker.best, tracker.best_epoch)
+                stop.fill_(1)
+        else:
+            self.epoch = epoch
+        if self.dist.world_size > 1:
+            torch.distributed.broadcast(stop, src=0)  # every rank stops on rank 0's decision
+        return bool(stop.item())
+
+    def after_train(self, stopped_early: bool) -> TrainResult:
+        """Flush records, draw plots, register the run (rank 0)."""
+        tracker = self.phase_setup.early_stopping
+        result = TrainResult(self.run_dir, self.weights_dir / "best.pt", self.weights_dir / "last.pt",
+                             tracker.best_epoch, tracker.best, self.epoch + 1, stopped_early, dict(self.best_row))
+        if not self.dist.is_main:
+            return result
+        self.records.flush()
+        if self.config.plots:
+            best = self.best_result
+            if best is None and result.best_weights.is_file():  # resumed after the best epoch
+                best = run_setup.validate_checkpoint(result.best_weights, self.ema.module, self.validator,
+                                                     self.val_loader, self.device)
+            for path in run_setup.write_final_plots(self.run_dir, best, self.taxonomy):
+                logger.info("plot: %s", path)
+        if result.best_weights.is_file():
+            run_setup.register_run(self.config, result.best_weights, self.best_row or self.last_row,
+                                   self.epoch + 1)
+        return result
+
+    # ------------------------------------------------------------------ pieces
+    def validate(self) -> Any:
+        """Evaluate the EMA weights on the full val loader (rank 0)."""
+        return self.validator.run(self.ema.module, self.val_loader, self.device)
+
+    def checkpoint_state(self, interrupted: bool) -> dict[str, Any]:
+        """Everything needed to resume, as plain data (see ``checkpoint`` for the keys)."""
+        model = _unwrap(self.model)
+        tracker = self.phase_setup.early_stopping
+        return {
+            "phase": self.config.phase, "epoch": self.epoch, "interrupted": interrupted,
+            "model_name": self.config.model, "num_classes": self.taxonomy.num_classes,
+            "anchors": model.detect.anchors.detach().cpu().clone(),
+            "model": model.state_dict(), "ema": self.ema.state_dict(), "ema_updates": self.ema.updates,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "scheduler": self.phase_setup.schedule.state_dict(),
+            "iteration": (self.epoch + 1) * len(self.train_loader),
+            "best_fitness": tracker.best, "early_stopping": tracker.state_dict(),
+            "metrics": dict(self.last_row), "rng": rng_state(),
+            "config": self.config.to_dict(), "taxonomy": self.taxonomy.to_dict(),
+        }
+
+    def _save_checkpoints(self, improved: bool, interrupted: bool) -> None:
+        """``last.pt`` always, ``best.pt`` on improvement: one serialisation, two atomic writes."""
+        data = checkpoint_bytes(self.checkpoint_state(interrupted))
+        save_checkpoint(self.weights_dir / "last.pt", data)
+        if improved:
+            save_checkpoint(self.weights_dir / "best.pt", data)
+
+    def resume_from(self, state: dict[str, Any]) -> None:
+        """Restore optimiser, scaler, EMA, tracking and RNG from ``last.pt`` (model already loaded)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.ema.load_state_dict(state["ema"], int(state["ema_updates"]))
+        self.phase_setup.early_stopping.load_state_dict(state["early_stopping"])
+        restore_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.start_epoch = self.epoch + 1
+        if state.get("metrics"):
+            self.last_row = dict(state["metrics"])
+
+    def _progress(self, iterable: Any, description: str) -> Any:
+        if not self.dist.is_main:
+            return iterable
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc=description, leave=False, mininterval=2.0, dynamic_ncols=True)

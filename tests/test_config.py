@@ -1,0 +1,81 @@
+"""TrainConfig: default YAML < --config YAML < CLI, validation at the edge, args.yaml round trip."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from smartcash.config import DEFAULT_CONFIG, ConfigError, TrainConfig, build_config, read_yaml, save_config
+
+
+def test_defaults_come_from_default_yaml() -> None:
+    config = build_config(["--device", "cpu"])
+    defaults = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert config.phase == 1 and config.model == "yolov5n" and config.name == "exp"
+    assert config.imgsz == 320  # resolved from the device: CPU
+    assert (config.phase1_head_lr, config.phase2_head_lr, config.phase2_backbone_lr) == (1e-3, 1e-4, 1e-5)
+    assert config.weight_decay == 1e-2 and config.clip_grad_norm == 10.0 and config.nominal_batch == 64
+    assert config.early_stop_metric == "fitness"
+    for key, value in defaults.items():
+        if key not in ("imgsz", "device"):
+            assert getattr(config, key) == value, key
+
+
+def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:
+    user = tmp_path / "mine.yaml"
+    user.write_text("epochs: 7\nbatch: 3\nphase2_head_lr: 0.0002\n")
+    config = build_config(["--config", str(user), "--epochs", "5", "--device", "cpu", "--phase", "2"])
+    assert config.epochs == 5  # CLI wins over the YAML
+    assert config.batch == 3  # YAML wins over the default
+    assert config.phase2_head_lr == 2e-4 and config.phase == 2
+    assert config.workers == read_yaml(DEFAULT_CONFIG)["workers"]
+
+
+@pytest.mark.parametrize(("argv", "yaml_text", "message"), [
+    (["--imgsz", "100"], "", "imgsz=100: must be a multiple of 32"),
+    (["--epochs", "0"], "", "epochs=0: must be >= 1"),
+    (["--patience", "-1"], "", "patience=-1: must be >= 0"),
+    (["--name", "a/b"], "", "name='a/b': must be a plain folder name"),
+    (["--data", "/no/such/data.yaml"], "", "data='/no/such/data.yaml': file not found"),
+    (["--device", "tpu"], "", "device 'tpu' not understood"),
+    ([], "epochs: ten\n", "epochs must be int, got 'ten'"),
+    ([], "ema_decay: 1.5\n", "ema_decay=1.5: must be in [0, 1)"),
+    ([], "learning_rate: 0.1\n", "unknown key(s) ['learning_rate']"),
+    ([], "augment: 1\n", "augment must be bool"),
+    ([], "epochs: [1\n", "invalid YAML"),
+])
+def test_bad_values_are_rejected_with_clear_messages(tmp_path, argv, yaml_text, message) -> None:
+    if yaml_text:
+        user = tmp_path / "bad.yaml"
+        user.write_text(yaml_text)
+        argv = [*argv, "--config", str(user)]
+    with pytest.raises(ConfigError) as error:
+        build_config([*argv, "--device", "cpu"] if "--device" not in argv else argv)
+    assert message in str(error.value)
+
+
+def test_bad_cli_choice_exits_with_usage() -> None:
+    with pytest.raises(SystemExit):
+        build_config(["--model", "yolov9"])
+
+
+def test_missing_config_file_named(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        build_config(["--config", str(tmp_path / "nope.yaml"), "--device", "cpu"])
+
+
+def test_args_yaml_round_trip_and_frozen(tmp_path) -> None:
+    config = build_config(["--device", "cpu", "--epochs", "3", "--seed", "11"])
+    save_config(config, tmp_path / "args.yaml")
+    again = TrainConfig.from_dict(read_yaml(tmp_path / "args.yaml"), "args.yaml")
+    assert again == config
+    with pytest.raises(AttributeError):
+        config.epochs = 4  # type: ignore[misc]
+    assert config.run_dir.as_posix() == "runs/train/exp/phase1"
+
+
+def test_train_main_returns_2_on_bad_config(capsys) -> None:
+    from smartcash.train import main
+
+    assert main(["--imgsz", "33", "--device", "cpu"]) == 2
+    assert "imgsz=33" in capsys.readouterr().err
