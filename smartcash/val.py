@@ -20,8 +20,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_IMGSZ = 320
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m smartcash.val", description=__doc__.split("\n\n")[0])
@@ -41,24 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="exp", help="PROJECT/val/NAME when the weights are outside a run dir")
     parser.add_argument("--no-plots", action="store_true", help="skip the PR-curve and confusion-matrix PNGs")
     return parser
-
-
-def load_model(weights: str | os.PathLike[str]) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, taxonomy, checkpoint) from a SmartCash checkpoint; EMA weights preferred."""
-    from smartcash.model.build import build_model
-    from smartcash.model.training.checkpoint import load_checkpoint
-    from smartcash.taxonomy import Taxonomy, load_taxonomy
-
-    state = load_checkpoint(weights)
-    config = state.get("config") or {}
-    taxonomy = Taxonomy.from_dict(state["taxonomy"], str(weights)) if "taxonomy" in state else load_taxonomy()
-    name = state.get("model_name") or config.get("model") or "yolov5n"
-    num_classes = int(state.get("num_classes") or config.get("num_classes") or taxonomy.num_classes)
-    model = build_model(name, num_classes, anchors=state.get("anchors"))
-    weights_key = "ema" if state.get("ema") else "model"
-    model.load_state_dict(state[weights_key])
-    logger.info("%s: %s (%d classes), %s weights", weights, name, num_classes, weights_key)
-    return model, taxonomy, state
 
 
 def run_directory(weights: Path, split: str, project: str, name: str) -> Path:
@@ -109,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from smartcash.data.dataset_config import load_dataset_config
     from smartcash.data.errors import DatasetError
     from smartcash.data.loader import build_dataloader
+    from smartcash.inference import checkpoint_imgsz, load_model
     from smartcash.model.training.checkpoint import CheckpointError
     from smartcash.model.training.core.validation_executor import ValidationExecutor
 
@@ -117,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         model, taxonomy, checkpoint = load_model(args.weights)
         data = _resolve_data(args.data, checkpoint)
         dataset = load_dataset_config(data, taxonomy=taxonomy if taxonomy.is_smartcash else None)
-        imgsz = args.imgsz or (checkpoint.get("config") or {}).get("imgsz") or DEFAULT_IMGSZ
+        imgsz = checkpoint_imgsz(checkpoint, args.imgsz)
         loader = build_dataloader(dataset, args.split, imgsz, args.batch, workers=args.workers)
     except (CheckpointError, ConfigError, DatasetError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,177 @@
+"""``python -m smartcash.export``: export a checkpoint's eval-mode detector to ONNX, check the file,
+and compare onnxruntime with PyTorch on a random batch.
+
+The ONNX graph takes ``images`` (B, 3, S, S) float32 RGB in [0, 1] (letterboxed, as
+``smartcash.inference.Predictor.preprocess`` makes them) and returns ``output`` (B, N, 5 + nc):
+[cx, cy, w, h] in input pixels, objectness and class probabilities (the eval-mode decoded output;
+NMS is left to the caller). The batch axis is dynamic unless ``--no-dynamic``. Class names and the
+17 -> 8 map travel in the model's metadata.
+
+onnx and onnxruntime are optional (the ``dev`` extra) and imported only here, when needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "images", "output"
+INSTALL_HINT = "pip install onnx onnxruntime"
+
+
+class ExportError(RuntimeError):
+    """The export cannot run (missing package, bad argument) or its result is wrong."""
+
+
+def require_onnx() -> Any:
+    """The ``onnx`` module, or an ExportError saying how to install it."""
+    try:
+        import onnx
+    except ImportError as error:
+        raise ExportError(f"ONNX export needs the onnx package ({error}); install it with `{INSTALL_HINT}`") from error
+    return onnx
+
+
+def _decoded_only(model: Any) -> Any:
+    """A module whose forward returns only the eval-mode decoded tensor (B, N, 5 + nc)."""
+    import torch
+
+    class DecodedOutput(torch.nn.Module):
+        def __init__(self, detector: torch.nn.Module) -> None:
+            super().__init__()
+            self.detector = detector
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.detector(images)[0]
+
+    # eval() on the wrapper too: torch.onnx.export restores the wrapper's mode on every submodule
+    # afterwards, and a wrapper left in train mode would switch the detector back to training.
+    return DecodedOutput(model).eval()
+
+
+def export_onnx(model: Any, path: str | os.PathLike[str], imgsz: int, opset: int = DEFAULT_OPSET,
+                dynamic: bool = True, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` (a Detector) as ONNX at ``path`` and run ``onnx.checker`` on the result.
+
+    Args:
+        model: the detector; exported in eval mode on the CPU.
+        path: the .onnx file to write (folders created).
+        imgsz: input square side, a multiple of 32.
+        opset: ONNX opset version.
+        dynamic: a symbolic batch axis on input and output; else batch 1.
+        metadata: strings stored as the model's metadata_props.
+
+    Raises:
+        ExportError: onnx missing, or the checker rejects the file.
+    """
+    onnx = require_onnx()
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _decoded_only(model.cpu().eval())
+    sample = torch.zeros(1, 3, imgsz, imgsz)
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings(), torch.no_grad():
+        # The legacy TorchScript exporter (dynamo=False) needs torch alone and handles the dynamic
+        # batch axis reliably; the dynamo exporter (torch's default since 2.9) needs onnxscript,
+        # which is not a dependency of this project. Its deprecation notice, and the tracer's
+        # warnings about the Python-level input-size check in Detector.forward, are expected.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(wrapper, (sample,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                          do_constant_folding=True)
+    proto = onnx.load(str(path))
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as error:
+        raise ExportError(f"{path}: onnx.checker rejected the exported model ({error})") from error
+    onnx.save(proto, str(path))
+    return path
+
+
+def compare_with_onnxruntime(model: Any, path: str | os.PathLike[str], imgsz: int, batch_size: int,
+                             seed: int = 0) -> float | None:
+    """Max abs difference between onnxruntime and PyTorch on a random (batch_size, 3, S, S) input;
+    None (with a log line) when onnxruntime is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        logger.warning("onnxruntime is not installed: skipping the comparison with PyTorch (%s)", INSTALL_HINT)
+        return None
+    import torch
+
+    images = torch.rand(batch_size, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(seed))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_output,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+    with torch.no_grad():
+        torch_output = _decoded_only(model.cpu().eval())(images).numpy()
+    if onnx_output.shape != torch_output.shape:
+        raise ExportError(f"{path}: onnxruntime output {onnx_output.shape} != PyTorch {torch_output.shape}")
+    return float(abs(onnx_output - torch_output).max())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m smartcash.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True, help="checkpoint (.pt) written by smartcash.train")
+    parser.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
+    parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's, else 320)")
+    parser.add_argument("--output", help="output file (default: the weights path with .onnx)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=True,
+                        help="dynamic batch axis (default on)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from smartcash.data.dataset import stride_aligned
+    from smartcash.inference import checkpoint_imgsz, load_model
+    from smartcash.model.training.checkpoint import CheckpointError
+
+    try:
+        require_onnx()  # fail before the slow part, with the install hint
+        if args.imgsz is not None and args.imgsz < 1:
+            raise ExportError(f"--imgsz {args.imgsz}: must be >= 1")
+        model, taxonomy, checkpoint = load_model(args.weights)
+    except (CheckpointError, ExportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    imgsz = stride_aligned(checkpoint_imgsz(checkpoint, args.imgsz))
+    output = Path(args.output) if args.output else Path(args.weights).with_suffix(".onnx")
+    metadata = {"names": json.dumps(list(taxonomy.names)), "main_names": json.dumps(list(taxonomy.main_names)),
+                "fine_to_main": json.dumps(list(taxonomy.fine_to_main)), "imgsz": str(imgsz),
+                "stride": json.dumps([int(s) for s in model.stride.tolist()]),
+                "output": "(batch, N, 5 + nc): cx, cy, w, h (input pixels), objectness, class probabilities"}
+    try:
+        path = export_onnx(model, output, imgsz, args.opset, args.dynamic, metadata)
+        batch_size = 2 if args.dynamic else 1  # a batch other than the traced 1 shows the axis is dynamic
+        difference = compare_with_onnxruntime(model, path, imgsz, batch_size)
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    size_mb = path.stat().st_size / 1e6
+    print(f"exported {path} ({size_mb:.1f} MB, opset {args.opset}, input {'batch' if args.dynamic else 1}x3x{imgsz}x"
+          f"{imgsz}, {'dynamic' if args.dynamic else 'static'} batch)")
+    if difference is not None:
+        print(f"onnxruntime vs PyTorch on a random batch of {batch_size}: max abs diff {difference:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

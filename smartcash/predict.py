@@ -1,0 +1,232 @@
+"""``python -m smartcash.predict``: detect banknotes in an image or a folder of images.
+
+Per image: boxes (source pixels, xyxy), score, fine and main class, the denomination and the
+authentication features present. Writes the images with their detections drawn, plus
+``predictions.json`` and ``predictions.csv`` (one row per detection), into the save folder
+(default ``runs/predict/exp``, ``exp2`` ...). Unreadable images are reported and skipped.
+
+Exit status: 0 when at least one image was processed, 1 when none could be, 2 for bad arguments
+(missing weights, no images found, thresholds out of range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from smartcash.inference import ImagePrediction, Predictor
+
+logger = logging.getLogger(__name__)
+
+#: Columns of predictions.csv, one row per detection.
+CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "score", "class_id", "class_name", "main_id", "main_name")
+#: Suffixes cv2.imwrite writes back as they are; drawn images of other formats become ``name.jpg``.
+_WRITABLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class ArgumentsError(ValueError):
+    """A path or value on the command line cannot be used."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m smartcash.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", required=True, help="checkpoint (.pt) written by smartcash.train")
+    parser.add_argument("--source", required=True, help="an image file or a folder (searched recursively)")
+    parser.add_argument("--save-dir", help="output folder (default PROJECT/predict/NAME, numbered if it exists)")
+    parser.add_argument("--project", default="runs", help="runs root (default runs)")
+    parser.add_argument("--name", default="exp", help="PROJECT/predict/NAME (exp, exp2 ... when taken)")
+    parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's, else 320)")
+    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+    parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=300, help="detections kept per image")
+    parser.add_argument("--device", default="", help="cpu | cuda | cuda:N | N (default: cuda if available)")
+    parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    return parser
+
+
+def increment_dir(root: Path, name: str) -> Path:
+    """``root/name`` if it does not exist, else the first free ``root/name2``, ``root/name3`` ..."""
+    candidate, number = root / name, 2
+    while candidate.exists():
+        candidate, number = root / f"{name}{number}", number + 1
+    return candidate
+
+
+def find_images(source: str | os.PathLike[str]) -> list[Path]:
+    """The image file itself, or the images under a folder (recursive, sorted).
+
+    Raises:
+        ArgumentsError: the path does not exist, or the folder holds no images.
+    """
+    from smartcash.data.dataset_config import IMAGE_SUFFIXES
+
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ArgumentsError(f"--source {path}: no such file or folder")
+    images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ArgumentsError(f"--source {path}: no images ({' '.join(sorted(IMAGE_SUFFIXES))}) found in this folder")
+    return images
+
+
+def read_source_image(path: Path) -> np.ndarray | str:
+    """(H, W, 3) uint8 RGB, or the reason the file cannot be used."""
+    from smartcash.data.errors import DatasetError
+    from smartcash.data.images import EMPTY_IMAGE, UNREADABLE_IMAGE, read_image
+
+    try:
+        if path.stat().st_size == 0:
+            return f"{EMPTY_IMAGE} (an empty file)"
+        return read_image(path)
+    except DatasetError:  # read_image's only failure: OpenCV returned nothing
+        return f"{UNREADABLE_IMAGE} (OpenCV cannot decode it)"
+    except OSError as error:
+        return f"cannot read the file ({error.strerror or error})"
+
+
+def drawn_path(image: Path, source: Path, save_dir: Path) -> Path:
+    """Where the drawn copy of ``image`` goes: its path relative to the source folder, under save_dir."""
+    relative = Path(image.name) if source.is_file() else image.relative_to(source)
+    if relative.suffix.lower() not in _WRITABLE_SUFFIXES:
+        relative = relative.with_name(relative.name + ".jpg")
+    return save_dir / relative
+
+
+def _batches(paths: Sequence[Path], batch_size: int, pool: ThreadPoolExecutor) -> Iterator[list[tuple[Path, Future]]]:
+    """Batches of (path, future image) with the next batch already decoding (cv2 releases the GIL)."""
+    pending = None
+    # One step past the end: the last, empty, slice only flushes the pending batch.
+    for start in range(0, len(paths) + batch_size, batch_size):
+        batch = [(path, pool.submit(read_source_image, path)) for path in paths[start:start + batch_size]]
+        if pending:
+            yield pending
+        pending = batch
+
+
+def _csv_text(predictions: Sequence[ImagePrediction]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for prediction in predictions:
+        for detection in prediction.detections:
+            writer.writerow([prediction.path, *(f"{value:.2f}" for value in detection.box), f"{detection.score:.5f}",
+                             detection.class_id, detection.class_name, detection.main_id, detection.main_name])
+    return buffer.getvalue()
+
+
+def write_results(save_dir: Path, predictions: Sequence[ImagePrediction], skipped: Sequence[tuple[str, str]],
+                  settings: dict[str, object]) -> tuple[Path, Path]:
+    """``predictions.json`` (settings, per-image answers, skipped files) and ``predictions.csv``."""
+    from smartcash.atomic import atomic_write_text
+
+    document = {**settings, "images": [prediction.to_dict() for prediction in predictions],
+                "skipped": [{"path": path, "reason": reason} for path, reason in skipped]}
+    json_path, csv_path = save_dir / "predictions.json", save_dir / "predictions.csv"
+    atomic_write_text(json_path, json.dumps(document, indent=2) + "\n")
+    atomic_write_text(csv_path, _csv_text(predictions))
+    return json_path, csv_path
+
+
+def predict_images(predictor: Predictor, images: Sequence[Path], source: Path, save_dir: Path,
+                   batch_size: int) -> tuple[list[ImagePrediction], list[tuple[str, str]]]:
+    """Predict every image, batch by batch, writing the drawn copies into ``save_dir``.
+
+    Returns the predictions (in ``images`` order, unreadable files left out) and the
+    (path, reason) of every unreadable file, each also reported on stderr as it is met.
+    """
+    import cv2
+    from tqdm import tqdm
+
+    from smartcash.draw import draw_prediction
+
+    predictions, skipped = [], []
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
+            tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr) as progress:
+        for batch in _batches(images, batch_size, pool):
+            good = []
+            for path, future in batch:
+                image = future.result()
+                if isinstance(image, str):
+                    skipped.append((str(path), image))
+                    tqdm.write(f"skipped {path}: {image}", file=sys.stderr)
+                else:
+                    good.append((path, image))
+            results = predictor.predict([image for _, image in good], [str(path) for path, _ in good])
+            for (path, image), prediction in zip(good, results):
+                target = drawn_path(path, source, save_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not cv2.imwrite(str(target), draw_prediction(image, prediction)):
+                    tqdm.write(f"warning: could not write {target}", file=sys.stderr)
+            predictions.extend(results)
+            progress.update(len(batch))
+    return predictions, skipped
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    if not Path(args.weights).is_file():
+        raise ArgumentsError(f"--weights {args.weights}: no such file (a .pt written by smartcash.train)")
+    if not 0.0 <= args.conf < 1.0:
+        raise ArgumentsError(f"--conf {args.conf}: must be in [0, 1)")
+    if not 0.0 < args.iou <= 1.0:
+        raise ArgumentsError(f"--iou {args.iou}: must be in (0, 1]")
+    for flag, value in (("--max-det", args.max_det), ("--batch", args.batch), ("--imgsz", args.imgsz or 1)):
+        if value < 1:
+            raise ArgumentsError(f"{flag} {value}: must be >= 1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    import torch
+
+    from smartcash.config import ConfigError, resolve_device
+    from smartcash.inference import Predictor, checkpoint_imgsz, load_model
+    from smartcash.model.training.checkpoint import CheckpointError
+
+    try:
+        _check_arguments(args)
+        images = find_images(args.source)
+        device = torch.device(resolve_device(args.device, "--device"))
+        model, taxonomy, checkpoint = load_model(args.weights)
+        predictor = Predictor(model, taxonomy, checkpoint_imgsz(checkpoint, args.imgsz), device,
+                              args.conf, args.iou, args.max_det)
+    except (ArgumentsError, CheckpointError, ConfigError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    source = Path(args.source)
+    save_dir = Path(args.save_dir) if args.save_dir else increment_dir(Path(args.project) / "predict", args.name)
+    if save_dir.resolve() == (source if source.is_dir() else source.parent).resolve():
+        print(f"error: --save-dir {save_dir} is the source folder: the drawn images would replace the originals",
+              file=sys.stderr)
+        return 2
+    save_dir.mkdir(parents=True, exist_ok=True)
+    predictions, skipped = predict_images(predictor, images, source, save_dir, args.batch)
+    settings = {"weights": str(args.weights), "source": str(source), "imgsz": predictor.imgsz, "conf": args.conf,
+                "iou": args.iou, "max_det": args.max_det}
+    json_path, csv_path = write_results(save_dir, predictions, skipped, settings)
+    num_detections = sum(len(prediction.detections) for prediction in predictions)
+    print(f"{len(predictions)} images, {num_detections} detections, {len(skipped)} skipped -> {save_dir} "
+          f"({json_path.name}, {csv_path.name})")
+    if not predictions:
+        print(f"error: none of the {len(images)} images under {source} could be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
