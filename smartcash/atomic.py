@@ -1,7 +1,9 @@
 """Atomic file writes: a temp file in the target's folder, fsync, then ``os.replace``.
 
 A reader (or a crash at any moment) sees either the old file or the complete new one, never a
-half-written file; a failed write leaves the old file intact and no temp file behind.
+half-written file; a failed write leaves the old file intact and no temp file behind, and raises
+an OSError of the same errno that names the target (``[Errno 28] No space left on device: 'last.pt'``).
+A process killed between the write and the rename leaves only its hidden ``.NAME.*.tmp`` file.
 Used by checkpoints, ``results.csv``, ``args.yaml`` and the model registry.
 """
 
@@ -38,9 +40,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb",
             handle.flush()
             os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
         os.replace(temp_name, target)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
+        if isinstance(error, OSError) and error.errno is not None:
+            # A failed write/fsync names no file (and a failed rename the temp one): name the target.
+            raise OSError(error.errno, error.strerror or os.strerror(error.errno), str(target)) from error
         raise
     _fsync_folder(target.parent)
 

@@ -1,7 +1,8 @@
 """``python -m smartcash.train --phase {1,2}``: two-phase training (also under ``torchrun``).
 
-Exit codes: 0 done, 1 training stopped on an error (non-finite loss, bad checkpoint, data),
-2 bad configuration, 130 interrupted with Ctrl-C (``last.pt`` saved; continue with --resume).
+Exit codes: 0 done, 1 training stopped on an error (non-finite loss, bad checkpoint or weights,
+data, a failed write such as a full disk), 2 bad configuration, 130 interrupted with Ctrl-C
+(``last.pt`` saved; continue with --resume).
 Under ``torchrun --nproc_per_node N`` (WORLD_SIZE > 1) the process group is initialised from the
 environment: nccl on CUDA, gloo on CPU.
 """
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics blocks: never touch the network
+    from smartcash.model.training.checkpoint import CheckpointError
+
     try:
         config = build_config(args)
         if config.resume:
@@ -76,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except CheckpointError as error:  # --resume: last.pt missing, unreadable or refused
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
     from smartcash.data.errors import DatasetError
-    from smartcash.model.training.checkpoint import CheckpointError
     from smartcash.model.training.trainer import NonFiniteLossError, Trainer
+    from smartcash.model.weights import WeightsError
 
     distributed = _init_distributed(config)
     try:
@@ -90,8 +96,12 @@ def main(argv: list[str] | None = None) -> int:
               f"`python -m smartcash.train --phase {config.phase} --name {config.name} --resume`",
               file=sys.stderr)
         return 130
-    except (NonFiniteLossError, CheckpointError, ConfigError, DatasetError) as error:
+    except (NonFiniteLossError, CheckpointError, ConfigError, DatasetError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. disk full while writing a checkpoint: the error names the file
+        print(f"error: {error} (training stopped; files written before it are intact: fix the cause, "
+              "then continue with --resume)", file=sys.stderr)
         return 1
     finally:
         if distributed.world_size > 1:

@@ -205,10 +205,11 @@ def test_export_onnx_matches_pytorch_with_dynamic_batch(checkpoint, tmp_path, ca
         with torch.no_grad():
             torch_output = model(images)[0].numpy()  # (B, N, 5 + nc)
         assert onnx_output.shape == torch_output.shape == (batch_size, 3 * (8 * 8 + 4 * 4 + 2 * 2), 22)
-        # Scores: max abs diff 1e-4. Boxes are pixels up to ~400 (large anchors), where one float32
-        # step is 3e-5: there the same 1e-4 plus 1e-6 relative (a few float32 steps).
+        # Max abs diff 1e-4 on scores, and on boxes in units of the input size: in pixels a box
+        # side is (2 sigmoid(t))^2 * anchor with anchors up to 373 px, which turns a 1e-6
+        # difference in a logit (float32 accumulation order) into ~1e-3 px.
         assert np.abs(onnx_output[..., 4:] - torch_output[..., 4:]).max() <= 1e-4
-        np.testing.assert_allclose(onnx_output[..., :4], torch_output[..., :4], atol=1e-4, rtol=1e-6)
+        assert np.abs(onnx_output[..., :4] - torch_output[..., :4]).max() / IMGSZ <= 1e-4
 
 
 def test_export_static_batch(checkpoint, tmp_path) -> None:

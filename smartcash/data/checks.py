@@ -26,6 +26,7 @@ Problem = LabelProblem
 LABEL_WITHOUT_IMAGE = "label without image"
 CONFIG_PROBLEM = "dataset yaml problem"
 _NON_FATAL = frozenset({DUPLICATE})
+_NEEDED = frozenset({"train", "val"})  # splits training reads: absent on disk is a problem, not a note
 _IGNORED_LABEL_FILES = frozenset({"classes.txt"})  # labelImg writes one into the labels folder
 
 
@@ -150,8 +151,8 @@ def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None =
 
     Args:
         data: the dataset yaml.
-        splits: which splits; default every split the yaml names that exists (an absent one is
-            a note). A requested split that is absent is a problem.
+        splits: which splits; default every split the yaml names (an absent ``test`` is a note, an
+            absent ``train``/``val`` a problem). A requested split that is absent is a problem.
         workers: threads for the image checks.
     """
     try:
@@ -162,14 +163,20 @@ def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None =
     reports: list[SplitReport] = []
     config_problems: list[Problem] = []
     notes: list[str] = []
-    if splits is None:  # an absent split is only an error when it is asked for
+    if splits is None:  # an absent test split is a note; training cannot run without train and val
         notes = [f"{name}: not found on disk, not checked ({', '.join(source.missing)})"
-                 for name, source in config.splits if not config.has_split(name)]
-        splits = tuple(name for name, _ in config.splits if config.has_split(name))
+                 for name, source in config.splits if not config.has_split(name) and name not in _NEEDED]
+        splits = tuple(name for name, _ in config.splits if config.has_split(name) or name in _NEEDED)
     for split in splits:
         try:
-            reports.append(scan_split(config, split, workers))
+            report = scan_split(config, split, workers)
         except DatasetError as error:
             config_problems.append(Problem(str(config.path), 0, str(error).split(": ", 1)[-1],
+                                           CONFIG_PROBLEM))
+            continue
+        reports.append(report)
+        if not report.num_images:  # training refuses a split with no images: so does the checker
+            entries = ", ".join(config.split_sources(split).entries)
+            config_problems.append(Problem(str(config.path), 0, f"{split} split has no images (in {entries})",
                                            CONFIG_PROBLEM))
     return DatasetReport(str(data), config, tuple(reports), tuple(config_problems), tuple(notes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import cv2
@@ -75,11 +76,27 @@ def _has_end_marker(handle, marker: bytes) -> bool:
     return handle.read().rstrip(b"\x00").endswith(marker)
 
 
+def _pil_open(path: str):
+    """PIL's own ``Image.open``, also once ultralytics has replaced it.
+
+    Importing ultralytics swaps ``PIL.Image.open`` for a wrapper that, on a file PIL cannot
+    identify, tries to pip-install a HEIF plugin (network at run time) and raises ImportError
+    offline. A garbage file must simply be reported as unreadable.
+    """
+    from PIL import Image
+
+    opener = Image.open
+    if getattr(opener, "__module__", Image.__name__) != Image.__name__:
+        opener = getattr(sys.modules.get(opener.__module__), "_image_open", opener)
+    return opener(path)
+
+
 def probe_image(path: str | os.PathLike[str]) -> ImageProbe:
     """Check that an image is complete and return its oriented size without decoding pixels.
 
     JPEG: header + end-of-image marker; PNG: chunk CRCs up to IEND (PIL ``verify``); other formats:
-    a full decode. Releases the GIL in the decoders, so a thread pool scans quickly.
+    a full decode, and a check that OpenCV (the decoder training uses) reads the format at all.
+    Releases the GIL in the decoders, so a thread pool scans quickly.
     """
     from PIL import Image, UnidentifiedImageError  # lazy: only the checker needs PIL
 
@@ -87,10 +104,10 @@ def probe_image(path: str | os.PathLike[str]) -> ImageProbe:
     try:
         if os.path.getsize(where) == 0:
             return ImageProbe(where, 0, 0, f"{EMPTY_IMAGE} (an empty file)", EMPTY_IMAGE)
-        with Image.open(where) as image:
+        with _pil_open(where) as image:
             if image.format == "PNG":
                 image.verify()  # must come first: chunk CRCs through IEND
-        with Image.open(where) as image:
+        with _pil_open(where) as image:
             width, height = image.size
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             if image.format == "JPEG":
@@ -99,6 +116,9 @@ def probe_image(path: str | os.PathLike[str]) -> ImageProbe:
                                       " marker; re-export or delete it)", TRUNCATED_IMAGE)
             elif image.format != "PNG":
                 image.load()
+                if not cv2.haveImageReader(where):  # training decodes with OpenCV, not PIL
+                    return ImageProbe(where, width, height, f"{UNREADABLE_IMAGE} ({image.format} data, which"
+                                      " OpenCV cannot decode; convert it to JPEG or PNG)", UNREADABLE_IMAGE)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         text = str(error)
         kind = TRUNCATED_IMAGE if "truncated" in text.lower() else UNREADABLE_IMAGE

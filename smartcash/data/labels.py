@@ -123,7 +123,7 @@ def parse_label_file(path: str | os.PathLike[str], num_classes: int) -> ParsedLa
         ParsedLabels with boxes (n, 5) float32 [class, cx, cy, w, h] and the problems found.
     """
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: Windows editors prepend a BOM
             text = handle.read()
     except (OSError, UnicodeDecodeError) as error:
         empty = np.zeros((0, 5), dtype=np.float32)

@@ -10,8 +10,10 @@ The flag is plain data: it survives ``copy.deepcopy`` (EMA) and needs no hooks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
@@ -66,3 +68,41 @@ def unfreeze_all(model: nn.Module) -> int:
     trainable = sum(parameter.numel() for parameter in detector.parameters())
     logger.info("unfroze all: %d trainable parameters", trainable)
     return trainable
+
+
+@torch.no_grad()
+def estimate_backbone_statistics(model: nn.Module, batches: Iterable[Tensor]) -> int:
+    """Re-estimate the backbone's BatchNorm running statistics from data; weights are unchanged.
+
+    Why: a frozen backbone is only a feature extractor if its BatchNorm statistics describe its
+    activations. Freshly initialised ones (mean 0, variance 1) do not: through a random
+    CSPDarknet the features then shrink by orders of magnitude per stage (std ~1e-5 at stride 16,
+    0 at 32), and a neck + head trained on them learn nothing. Pretrained weights bring their own
+    statistics and never need this.
+
+    Args:
+        model: the Detector; only ``model.backbone`` runs.
+        batches: (B, 3, H, W) image tensors on the model's device, values in [0, 1].
+
+    Returns:
+        The number of images the statistics were estimated from.
+    """
+    backbone = _detector(model).backbone
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes = {module: module.training for module in backbone.modules()}
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: every batch counts equally
+    backbone.eval()
+    for norm in norms:
+        norm.train()  # normalise by batch statistics and accumulate them
+    images = 0
+    for batch in batches:
+        backbone(batch)
+        images += len(batch)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    for module, training in modes.items():
+        module.train(training)
+    return images

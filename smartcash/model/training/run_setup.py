@@ -67,6 +67,9 @@ def _respawn_workers_each_epoch(loader: Any) -> None:
         object.__setattr__(loader, "persistent_workers", False)
 
 
+CALIBRATION_IMAGES = 256  # BatchNorm statistics settle well before this (YOLOv5 batches are 16-64)
+
+
 def find_start_point(config: TrainConfig) -> StartPoint:
     """``last.pt`` on ``--resume``; phase 1's best for phase 2; else nothing."""
     if config.resume:
@@ -81,22 +84,33 @@ def find_start_point(config: TrainConfig) -> StartPoint:
     return StartPoint(None, None, False)
 
 
-def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, train_dataset: Any) -> nn.Module:
-    """The model with its starting weights and anchors (autoanchor for a fresh phase 1)."""
+def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, train_dataset: Any,
+                   device: torch.device) -> nn.Module:
+    """The model on ``device`` with its starting weights and anchors (autoanchor for a fresh phase 1).
+
+    A fresh run whose backbone got no pretrained BatchNorm statistics has them estimated from
+    training images first (``estimate_backbone_statistics``): phase 1 freezes the backbone, and a
+    frozen backbone with initial statistics gives the neck nothing to learn from.
+    """
     from smartcash.model.build import build_model
 
     if start.state is None:
         model = build_model(config.model, taxonomy.num_classes)
+        loaded: tuple[str, ...] = ()
         if config.weights:
             from smartcash.model.weights import load_pretrained
 
             report = load_pretrained(model, config.weights)
+            loaded = report.loaded
             logger.info("pretrained %s: loaded %d tensors, skipped %d, %d of ours not loaded",
                         config.weights, report.loaded_count, report.skipped_count, len(report.missing))
         if config.autoanchor:
             from smartcash.model.anchors import check_anchors
 
             check_anchors(model, dataset_box_sizes(train_dataset, config.imgsz), config.imgsz, seed=config.seed)
+        model = model.to(device)
+        if not any(name.startswith("backbone.") and name.endswith("running_var") for name in loaded):
+            _estimate_backbone_statistics(model, train_dataset, config, device)
         return model
     state, path = start.state, start.path
     saved_names = tuple(c["name"] for c in state.get("taxonomy", {}).get("fine_classes", []))
@@ -111,7 +125,30 @@ def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, t
     key = "model" if start.resume else "ema"
     model.load_state_dict(state[key])
     logger.info("weights: %s[%r] (epoch %d)", path, key, int(state.get("epoch", -1)))
-    return model
+    return model.to(device)
+
+
+def _estimate_backbone_statistics(model: nn.Module, train_dataset: Any, config: TrainConfig,
+                                  device: torch.device) -> None:
+    """BatchNorm statistics of a randomly initialised backbone from up to CALIBRATION_IMAGES
+    training images (evenly spaced, augmented as in training, reseeded: the same on every rank)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from smartcash.data.dataset import collate_batch
+    from smartcash.model.freeze import estimate_backbone_statistics
+
+    count = min(len(train_dataset), CALIBRATION_IMAGES)
+    if count == 0:
+        return
+    indices = np.linspace(0, len(train_dataset) - 1, count).round().astype(int).tolist()
+    if hasattr(train_dataset, "reseed"):
+        train_dataset.reseed(config.seed)
+    loader = DataLoader(Subset(train_dataset, indices), batch_size=config.batch, shuffle=False,
+                        num_workers=0, collate_fn=collate_batch)
+    images = estimate_backbone_statistics(model, (batch.images.to(device) for batch in loader))
+    logger.warning("no pretrained backbone weights: estimated its BatchNorm statistics from %d training "
+                   "images (weights stay random). Phase 1 trains only the neck and head on this random "
+                   "backbone; expect modest accuracy until phase 2, or pass --weights", images)
 
 
 def dataset_box_sizes(dataset: Any, imgsz: int) -> np.ndarray:

@@ -172,7 +172,10 @@ class Trainer:
             raise
         except BaseException:
             if self.dist.is_main:
-                self.records.flush()  # the epochs that did finish are on disk; no checkpoint written
+                try:
+                    self.records.flush()  # the epochs that did finish are on disk; no checkpoint written
+                except OSError as flush_error:  # e.g. the same full disk: report the first error
+                    logger.error("results not flushed: %s", flush_error)
             raise
         return self.after_train(stopped_early)
 
@@ -187,7 +190,7 @@ class Trainer:
         data = run_setup.build_data(config, dist.world_size, dist.is_main)
         self.taxonomy, self.train_loader, self.val_loader = data.taxonomy, data.train_loader, data.val_loader
         seed_everything(config.seed)  # identical initial weights on every rank and every run
-        model = run_setup.build_detector(config, self.taxonomy, start, self.train_loader.dataset).to(self.device)
+        model = run_setup.build_detector(config, self.taxonomy, start, self.train_loader.dataset, self.device)
         if dist.is_main:
             logger.info("%s", model_summary(model, config.imgsz))
         self.loss_fn = YoloLoss(model, load_loss_config())
@@ -263,8 +266,10 @@ class Trainer:
             if improved:
                 self.best_row, self.best_result = row, result
             self.epoch, self.last_row = epoch, row
-            self._save_checkpoints(improved=improved, interrupted=False)
+            # Row first: a crash between the two writes then re-runs this epoch on --resume, and
+            # ResultsWriter drops the row again, instead of a last.pt whose epoch has no row.
             self.records.add(row)
+            self._save_checkpoints(improved=improved, interrupted=False)
             logger.info("epoch %d/%d: mAP50 %.4f mAP50-95 %.4f %s %.4f (best %.4f @ %d) %.1f s",
                         epoch, self.config.epochs - 1, row.get("metrics/mAP50", float("nan")),
                         row.get("metrics/mAP50-95", float("nan")), tracker.metric,
