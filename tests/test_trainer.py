@@ -32,7 +32,7 @@ from smartcash.train import main
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_KEYS = {"version", "date", "phase", "epoch", "interrupted", "model_name", "num_classes", "anchors",
                    "model", "ema", "ema_updates", "optimizer", "scaler", "scheduler", "iteration", "best_fitness",
-                   "early_stopping", "metrics", "rng", "config", "taxonomy"}
+                   "early_stopping", "metrics", "results", "rng", "config", "taxonomy"}
 REQUIRED_COLUMNS = {"epoch", "phase", "train/box_loss", "train/obj_loss", "train/cls_loss", "val/box_loss",
                     "val/obj_loss", "val/cls_loss", "metrics/precision", "metrics/recall", "metrics/mAP50",
                     "metrics/mAP50-95", "metrics/main_mAP50", "metrics/main_mAP50-95",

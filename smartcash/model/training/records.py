@@ -35,22 +35,31 @@ class ResultsWriter:
     Args:
         path: the CSV file.
         flush_every: rewrite the file after this many new rows.
-        resume_before_epoch: keep the existing file's rows with ``epoch`` below this (a resumed
-            run); ``None`` starts a new file.
+        resume_before_epoch: keep the earlier rows with ``epoch`` below this (a resumed run);
+            ``None`` starts a new file.
+        saved_rows: with ``resume_before_epoch``, the rows the checkpoint carries (they include
+            the buffered rows a killed run never flushed); ``None`` reads them from the file.
+            The file is rewritten with them at once.
     """
 
     def __init__(self, path: str | os.PathLike[str], flush_every: int = 1,
-                 resume_before_epoch: int | None = None) -> None:
+                 resume_before_epoch: int | None = None,
+                 saved_rows: list[dict[str, Any]] | None = None) -> None:
         self.path = Path(path)
         self.flush_every = max(1, flush_every)
         self.columns: list[str] = list(RESULTS_COLUMNS)
         self.rows: list[dict[str, Any]] = []
         self._pending = 0
-        if resume_before_epoch is not None and self.path.is_file():
-            for row in read_results(self.path):
-                if int(float(row["epoch"])) < resume_before_epoch:
-                    self._add_columns(row)
-                    self.rows.append(row)
+        if resume_before_epoch is None:
+            return
+        if saved_rows is None:
+            saved_rows = read_results(self.path) if self.path.is_file() else []
+        for row in saved_rows:
+            if int(float(row["epoch"])) < resume_before_epoch:
+                self._add_columns(row)
+                self.rows.append(dict(row))
+        if self.rows:
+            self.flush()
 
     def add(self, row: dict[str, Any]) -> None:
         """Buffer one epoch's row; rewrites the file every ``flush_every`` rows."""

@@ -171,6 +171,12 @@ def prepare_run_dir(config: TrainConfig) -> None:
             for path in stale:
                 path.unlink()
     weights.mkdir(parents=True, exist_ok=True)
+    # A process killed between writing and renaming leaves its hidden temp file (atomic.py): the
+    # real file is intact, the temp file is garbage the size of a checkpoint.
+    for folder in (weights, config.run_dir):
+        for leftover in folder.glob(".*.tmp"):
+            logger.info("removing %s, left by an interrupted write", leftover)
+            leftover.unlink(missing_ok=True)
 
 
 def write_final_plots(run_dir: Path, result: Any, taxonomy: Taxonomy) -> list[Path]:

@@ -214,7 +214,8 @@ class Trainer:
             run_setup.prepare_run_dir(config)
             save_config(config, self.run_dir / "args.yaml")
             self.records = ResultsWriter(self.run_dir / "results.csv", config.records_flush_every,
-                                         resume_before_epoch=self.start_epoch if start.resume else None)
+                                         resume_before_epoch=self.start_epoch if start.resume else None,
+                                         saved_rows=start.state.get("results") if start.resume else None)
 
     def before_epoch(self, epoch: int) -> None:
         """Re-seed every RNG from (seed, epoch, rank); tell samplers the epoch."""
@@ -323,6 +324,9 @@ class Trainer:
             "iteration": (self.epoch + 1) * len(self.train_loader),
             "best_fitness": tracker.best, "early_stopping": tracker.state_dict(),
             "metrics": dict(self.last_row), "rng": rng_state(),
+            # Every results.csv row so far, flushed or still buffered: a resume after kill -9
+            # restores the rows that never reached the file.
+            "results": [dict(row) for row in self.records.rows],
             "config": self.config.to_dict(), "taxonomy": self.taxonomy.to_dict(),
         }
 
