@@ -246,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     print("(ratio: time / SmartCash time in the same semantics: coco mode for COCO tools, yolo mode for ultralytics)")
     info = machine_info(args.device)
     print(f"machine: {info}")
-    path = write_results("map_quick" if args.quick else "map", {"machine": info, "images": num_images, "targets": num_targets,
-                                                                "predictions": num_predictions, "tools": records})
+    name = ("map_quick" if args.quick else "map") + ("" if args.device == "cpu" else f"_{args.device.replace(':', '')}")
+    path = write_results(name, {"machine": info, "images": num_images, "targets": num_targets,
+                                "predictions": num_predictions, "tools": records})
     print(f"wrote {path}")
     return 0
 

@@ -42,6 +42,8 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": device,
     }
+    if hasattr(os, "getloadavg"):  # a shared machine's other work shows here: read timings with it
+        info["load_average_1_5_15_min"] = [round(value, 2) for value in os.getloadavg()]
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
@@ -67,6 +69,24 @@ def time_call(function: Callable[[], Any], repeats: int = 5, warmup: int = 1) ->
         value = function()
         runs.append(time.perf_counter() - start)
     return Timing(statistics.median(runs), min(runs), tuple(runs)), value
+
+
+def time_interleaved(functions: dict[str, Callable[[], Any]], repeats: int = 5,
+                     warmup: int = 1) -> dict[str, tuple[Timing, Any]]:
+    """Like ``time_call`` for several functions, run in turn (a, b, c, a, b, c ...) so that a
+    change of machine load during the measurement hits all of them alike; {name: (Timing, last value)}."""
+    values: dict[str, Any] = {}
+    for _ in range(warmup):
+        for name, function in functions.items():
+            values[name] = function()
+    runs: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            values[name] = function()
+            runs[name].append(time.perf_counter() - start)
+    return {name: (Timing(statistics.median(times), min(times), tuple(times)), values.get(name))
+            for name, times in runs.items()}
 
 
 def import_time(module: str, repeats: int = 3) -> float:

@@ -1,0 +1,207 @@
+"""Loader benchmark: SmartCash's training loader vs the training step rate: is the loader the bottleneck?
+
+The training loader (augmentation on) with 0 and 2 workers, against the rate of the training step
+alone on batches already in memory, and against ultralytics' training loader on the same images.
+
+    python -m benchmarks.bench_loader [--quick] [--device cpu|cuda] [--data synthetic|vnd|DATA.yaml]
+
+Rows (images/s over one pass of the train split, median of --repeats passes after a warm-up pass):
+- ``smartcash loader``: ``build_dataloader(augment=True, shuffle=True)`` iterated, each Batch
+  moved to the device and nothing else: read + decode + mosaic/affine/colour/blur + letterbox +
+  collate (float [0, 1]). ``persistent`` keeps its workers between passes (build_dataloader's
+  default); ``respawned`` starts them every pass, as the Trainer does (so that every epoch's
+  augmentation is seeded from that epoch alone): the start-up is then in every epoch.
+- ``ultralytics loader``: its ``build_yolo_dataset(mode='train')`` + ``build_dataloader`` with its
+  default augmentation (mosaic, random perspective, HSV, flips), persistent workers; it hands
+  over uint8 images (its trainer converts them on the device).
+- ``training step``: ``trainer.optimization_step`` (forward, loss, backward, and every
+  nominal_batch/batch steps: clip, AdamW step, EMA) plus the LR schedule, over pre-loaded
+  batches: the rate the model can consume data at. Phase 1 (backbone frozen) and phase 2.
+- ``loader + step``: the two together as in a training epoch (loader with 2 respawned workers,
+  phase 1 step): on a small CPU machine the workers and the step compete for the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import torch
+
+from benchmarks import workloads
+from benchmarks.common import format_table, machine_info, time_call, time_interleaved, write_results
+from benchmarks.workloads import synchronize
+
+IMGSZ, BATCH, MODEL = 320, 16, "yolov5n"
+
+
+def loader_pass(loader: Any, device: str) -> int:
+    """One pass over a SmartCash loader, each Batch copied to the device. Returns images."""
+    images = 0
+    for batch in loader:
+        images += len(batch.to(device).images)
+    synchronize(device)
+    return images
+
+
+def ultralytics_pass(loader: Any, device: str) -> int:
+    images = 0
+    for batch in loader:
+        images += len(batch["img"].to(device, non_blocking=True))
+    synchronize(device)
+    return images
+
+
+def respawning(loader: Any) -> Any:
+    """The loader as the Trainer uses it: its workers are started again every epoch."""
+    from smartcash.model.training.run_setup import _respawn_workers_each_epoch
+
+    _respawn_workers_each_epoch(loader)
+    return loader
+
+
+class StepRunner:
+    """The training step of one phase, as ``Trainer.train_one_epoch`` runs it, on any batches."""
+
+    def __init__(self, phase: int, num_classes: int, device: str, batches_per_epoch: int) -> None:
+        from smartcash.config import build_config
+        from smartcash.model.build import build_model
+        from smartcash.model.loss import YoloLoss
+        from smartcash.model.training.optim import ModelEMA
+        from smartcash.model.training.phases import enter_phase
+        from smartcash.taxonomy import load_loss_config
+
+        self.config = build_config(["--device", device, "--imgsz", str(IMGSZ), "--batch", str(BATCH)])
+        torch.manual_seed(0)
+        self.model = build_model(MODEL, num_classes).to(device)
+        self.setup = enter_phase(phase, self.model, self.config, batches_per_epoch)
+        self.loss = YoloLoss(self.model, load_loss_config())
+        self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=False)
+        self.ema = ModelEMA(self.model, self.config.ema_decay, self.config.ema_tau)
+        self.accumulate = max(round(self.config.nominal_batch / BATCH), 1)
+        self.device = device
+        self.iteration = 0
+
+    def run(self, batches: Any) -> int:
+        """One pass: schedule + optimization_step per batch (update every ``accumulate``). Returns images."""
+        from smartcash.model.training.trainer import optimization_step
+
+        self.model.train()
+        images = 0
+        for index, batch in enumerate(batches):
+            self.setup.schedule.apply(self.setup.optimizer, self.iteration, 0)
+            batch = batch.to(self.device)
+            update = (index + 1) % self.accumulate == 0
+            optimization_step(self.model, batch.images, batch.targets, self.loss, self.setup.optimizer, self.scaler,
+                              self.ema, update=update, clip_grad_norm=self.config.clip_grad_norm, amp=False,
+                              where=(0, index))
+            images += len(batch.images)
+            self.iteration += 1
+        synchronize(self.device)
+        return images
+
+
+def ultralytics_loader(data: workloads.BenchData, workers: int) -> Any:
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_dataloader, build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    config = get_cfg(overrides={"imgsz": IMGSZ, "batch": BATCH, "workers": workers})
+    dataset_info = check_det_dataset(str(data.data_yaml))
+    dataset = build_yolo_dataset(config, dataset_info["train"], BATCH, dataset_info, mode="train", stride=32)
+    return build_dataloader(dataset, BATCH, workers, shuffle=True)
+
+
+def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace, repeats: int) -> dict[str, Any]:
+    from smartcash.data.dataset_config import load_dataset_config
+    from smartcash.data.loader import build_dataloader
+
+    config = load_dataset_config(data.data_yaml)
+
+    def smartcash_loader(workers: int, augment: bool = True) -> Any:
+        return build_dataloader(config, "train", IMGSZ, BATCH, workers=workers, augment=augment, shuffle=True, seed=0)
+
+    in_memory = [batch.to(device) for batch in smartcash_loader(0)]  # one augmented epoch, kept
+    num_images = sum(len(batch.images) for batch in in_memory)
+    steps = {phase: StepRunner(phase, config.taxonomy.num_classes, device, len(in_memory)) for phase in (1, 2)}
+    def one_pass(loader: Any) -> Any:
+        return lambda: loader_pass(loader, device)
+
+    respawned = respawning(smartcash_loader(2))
+    functions = {
+        "smartcash loader, workers=0": one_pass(smartcash_loader(0)),
+        "smartcash loader, workers=2, respawned (as the Trainer)": one_pass(respawned),
+        "smartcash loader, workers=2, persistent": one_pass(smartcash_loader(2)),
+    }
+    if not args.quick:
+        functions["smartcash loader, no augmentation, workers=0"] = one_pass(smartcash_loader(0, augment=False))
+    loaders = time_interleaved(functions, repeats=repeats)
+    with workloads.ultralytics_session(torch.get_num_threads()):
+        for workers in (0, 2):
+            # Timed alone, then closed: its infinite loader's workers keep prefetching the next
+            # epoch after a pass, which would steal the CPU from whatever is timed next.
+            loader = ultralytics_loader(data, workers)
+            loaders[f"ultralytics loader, workers={workers}, persistent"] = time_call(
+                lambda: ultralytics_pass(loader, device), repeats=repeats)
+            loader.close()
+    step_functions = {
+        "training step, phase 1 (backbone frozen), in memory": lambda: steps[1].run(in_memory),
+        "training step, phase 2 (all layers), in memory": lambda: steps[2].run(in_memory),
+        "loader (workers=2, respawned) + phase 1 step": lambda: steps[1].run(respawned),
+    }
+    timed = {**loaders, **time_interleaved(step_functions, repeats=repeats)}
+    reference = timed["smartcash loader, workers=2, respawned (as the Trainer)"][0].median_s
+    tools = {}
+    for name, (timing, images) in timed.items():
+        tools[name] = {"median_s": timing.median_s, "min_s": timing.min_s, "runs_s": timing.runs_s,
+                       "images": images, "images_per_s": images / timing.median_s,
+                       "ratio_to_smartcash": timing.median_s / reference}
+    loader_rate = tools["smartcash loader, workers=2, respawned (as the Trainer)"]["images_per_s"]
+    step_rate = tools["training step, phase 1 (backbone frozen), in memory"]["images_per_s"]
+    return {"device": device, "images_per_pass": num_images, "tools": tools,
+            "loader_over_step_phase1": loader_rate / step_rate,
+            "loader_over_step_phase2": loader_rate / tools["training step, phase 2 (all layers), in memory"]["images_per_s"]}
+
+
+def print_table(record: dict[str, Any]) -> None:
+    rows = [[name, tool["median_s"], tool["min_s"], f"{tool['ratio_to_smartcash']:.2f}x", f"{tool['images_per_s']:.1f}"]
+            for name, tool in record["tools"].items()]
+    print(f"\nloader vs training step on {record['device']}: {record['images_per_pass']} images per pass, "
+          f"{MODEL} imgsz {IMGSZ} batch {BATCH}, augmentation on")
+    print(format_table(["tool", "time_s (median)", "min_s", "vs smartcash loader", "images/s"], rows))
+    for phase in (1, 2):
+        ratio = record[f"loader_over_step_phase{phase}"]
+        verdict = "the loader is the bottleneck" if ratio < 1 else "the step is the bottleneck"
+        print(f"loader (2 workers, as the Trainer) / phase {phase} step rate = {ratio:.2f}: {verdict} "
+              f"(when both get the machine alone)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    workloads.add_common_arguments(parser)
+    parser.add_argument("--data", default="synthetic", help="synthetic (default) | vnd | path to a data.yaml")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="use the first N train images (default 160; 64 with --quick)")
+    args = parser.parse_args(argv)
+    workloads.apply_threads(args.threads)
+    repeats = args.repeats or (2 if args.quick else 5)
+    workloads.quiet_logging()
+    limits = {"train": args.train_images or (64 if args.quick else 160), "val": 1}
+    with workloads.dataset_workspace(args.data, limits) as data:
+        print(f"data: {data.describe()}", file=sys.stderr)
+        records = [run_device(device, data, args, repeats) for device in workloads.devices(args.device)]
+        description = data.describe()
+    for record in records:
+        print_table(record)
+    info = machine_info(records[0]["device"])
+    print(f"machine: {info}")
+    path = write_results("loader_quick" if args.quick else "loader", {
+        "machine": info, "data": description, "model": MODEL, "imgsz": IMGSZ, "batch": BATCH, "repeats": repeats,
+        "devices": records})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
