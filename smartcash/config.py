@@ -23,7 +23,7 @@ from smartcash.atomic import atomic_write_text
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 MODELS = ("yolov5n", "yolov5s", "efficientnet_b4")
 #: Flags a ``--resume`` may change; everything else comes from the interrupted run's config.
-RESUME_OVERRIDES = ("device", "workers", "epochs", "patience")
+RESUME_OVERRIDES = ("device", "workers", "threads", "epochs", "patience")
 
 
 class ConfigError(ValueError):
@@ -42,6 +42,7 @@ class TrainConfig:
     imgsz: int | None
     batch: int
     workers: int
+    threads: int | None
     device: str
     project: str
     name: str
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--imgsz", type=int, help="input size, multiple of 32 (default 320 CPU / 640 CUDA)")
     add("--batch", type=int, help="batch size per process")
     add("--workers", type=int)
+    add("--threads", type=int, help="torch CPU threads per process (default: its share of the cores; 1 on a busy machine)")
     add("--device", help="cpu | cuda | cuda:N | N (default: cuda if available)")
     add("--project", help="root folder of runs (default runs)")
     add("--name", help="run name (default exp)")
@@ -139,7 +141,22 @@ def build_config(argv: list[str] | None = None) -> TrainConfig:
     values["device"] = resolve_device(str(values.get("device") or ""), source)
     if values.get("imgsz") is None:
         values["imgsz"] = 640 if values["device"].startswith("cuda") else 320
+    if values.get("threads") is None:
+        values["threads"] = default_threads()
     return TrainConfig.from_dict(values, source)
+
+
+def default_threads() -> int:
+    """torch threads per process: the cores this process may use, shared among torchrun's local
+    processes (torch alone would give every process every core).
+
+    Measured on 2 quiet cores with 2 loader workers (3 phase-1 epochs on the synthetic set): 27 s
+    at 2 threads, 33 s at 1, so the loader workers do not call for fewer threads. On a machine
+    other jobs also load, OpenMP threads that wait on each other make a step many times slower
+    (benchmarks/bench_training.py, 1.5 s at 1 thread vs 7.2 s at 2): there use ``--threads 1``.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def resolve_device(device: str, source: str = "config") -> str:
@@ -222,6 +239,8 @@ def _validate(config: TrainConfig, source: str) -> None:
     for key in ("workers", "patience", "seed"):
         if getattr(config, key) < 0:
             fail(key, "must be >= 0")
+    if config.threads is not None and config.threads < 1:
+        fail("threads", "must be >= 1")
     if config.imgsz is None or config.imgsz < 32 or config.imgsz % 32:
         fail("imgsz", "must be a multiple of 32 (the largest stride), >= 32")
     for key in ("phase1_head_lr", "phase2_head_lr", "phase2_backbone_lr", "clip_grad_norm",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
 from smartcash.config import DEFAULT_CONFIG, ConfigError, TrainConfig, build_config, read_yaml, save_config
 
 
-def test_defaults_come_from_default_yaml() -> None:
+def test_defaults_come_from_default_yaml(monkeypatch) -> None:
     config = build_config(["--device", "cpu"])
     defaults = yaml.safe_load(DEFAULT_CONFIG.read_text())
     assert config.phase == 1 and config.model == "yolov5n" and config.name == "exp"
@@ -17,8 +19,16 @@ def test_defaults_come_from_default_yaml() -> None:
     assert config.weight_decay == 1e-2 and config.clip_grad_norm == 10.0 and config.nominal_batch == 64
     assert config.early_stop_metric == "fitness"
     for key, value in defaults.items():
-        if key not in ("imgsz", "device"):
+        if key not in ("imgsz", "device", "threads"):
             assert getattr(config, key) == value, key
+    # threads: the cores this process may use, shared among torchrun's processes on the node.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert build_config(["--device", "cpu"]).threads == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert build_config(["--device", "cpu"]).threads == 2
+    assert build_config(["--device", "cpu", "--threads", "4"]).threads == 4
+    with pytest.raises(ConfigError, match="threads"):
+        build_config(["--device", "cpu", "--threads", "0"])
 
 
 def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:

@@ -146,6 +146,8 @@ class Trainer:
             device = torch.device("cuda", self.dist.local_rank)
         self.device = device
         self.amp = config.amp and device.type == "cuda"  # AMP + GradScaler on CUDA only
+        if config.threads:
+            torch.set_num_threads(config.threads)  # leave cores to the loader workers (config.py)
         self.start_epoch = 0
         self.epoch = -1  # last completed epoch
         self.best_row: dict[str, Any] = {}
