@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from smartcash.config import TrainConfig, save_config
 from smartcash.model.loss import LossOutput, YoloLoss
-from smartcash.model.summary import model_summary
+from smartcash.model.summary import count_gflops, model_summary
 from smartcash.model.training import run_setup
 from smartcash.model.training.checkpoint import (checkpoint_bytes, restore_rng_state,
                                                  rng_state, save_checkpoint)
@@ -194,7 +194,9 @@ class Trainer:
         seed_everything(config.seed)  # identical initial weights on every rank and every run
         model = run_setup.build_detector(config, self.taxonomy, start, self.train_loader.dataset, self.device)
         if dist.is_main:
-            logger.info("%s", model_summary(model, config.imgsz))
+            summary = model_summary(model)  # GFLOPs at 640, as YOLOv5 reports them
+            at_imgsz = "" if config.imgsz == 640 else f", {count_gflops(model, config.imgsz):.1f} at {config.imgsz}"
+            logger.info("%s%s", summary, at_imgsz)
         self.loss_fn = YoloLoss(model, load_loss_config())
         self.validator = ValidationExecutor(self.taxonomy, show_progress=dist.is_main)
         self.phase_setup = enter_phase(config.phase, model, config, len(self.train_loader), self.validator)
