@@ -98,7 +98,7 @@ def probe_image(path: str | os.PathLike[str]) -> ImageProbe:
     a full decode, and a check that OpenCV (the decoder training uses) reads the format at all.
     Releases the GIL in the decoders, so a thread pool scans quickly.
     """
-    from PIL import Image, UnidentifiedImageError  # lazy: only the checker needs PIL
+    from PIL import UnidentifiedImageError  # lazy: only the checker needs PIL
 
     where = os.fspath(path)
     try:

@@ -99,7 +99,6 @@ class YoloLoss:
         device = raw[0].device
         targets = targets.to(device=device, dtype=torch.float32).reshape(-1, 6)
         offsets = torch.tensor(_NEIGHBOUR_OFFSETS, device=device, dtype=torch.float32) * NEIGHBOUR_MARGIN  # (5, 2)
-        anchor_ids = torch.arange(self.detect.num_anchors, device=device)
         assignments = []
         for level, prediction in enumerate(raw):
             _, _, height, width, _ = prediction.shape
