@@ -70,16 +70,19 @@ class StepRunner:
         from smartcash.model.loss import YoloLoss
         from smartcash.model.training.optim import ModelEMA
         from smartcash.model.training.phases import enter_phase
+        from smartcash.model.training.recipe import load_recipe
         from smartcash.taxonomy import load_loss_config
 
         self.config = build_config(["--device", device, "--imgsz", str(IMGSZ), "--batch", str(BATCH)])
         torch.manual_seed(0)
         self.model = build_model(MODEL, num_classes).to(device)
-        self.setup = enter_phase(phase, self.model, self.config, batches_per_epoch)
+        # The finetune recipe's phases: 1 = backbone frozen, 2 = every layer.
+        self.setup = enter_phase(phase, self.model, self.config, load_recipe("finetune").phase(phase),
+                                 batches_per_epoch)
         self.loss = YoloLoss(self.model, load_loss_config())
         self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=False)
         self.ema = ModelEMA(self.model, self.config.ema_decay, self.config.ema_tau)
-        self.accumulate = max(round(self.config.nominal_batch / BATCH), 1)
+        self.accumulate = self.setup.schedule.accumulate
         self.device = device
         self.iteration = 0
 

@@ -52,20 +52,19 @@ class TrainConfig:
     autoanchor: bool
     amp: bool
     plots: bool
-    phase1_head_lr: float
-    phase2_head_lr: float
-    phase2_backbone_lr: float
+    recipe: str
+    warmup_epochs: float | None
+    nominal_batch: int | None
+    close_mosaic: int | None
     weight_decay: float
     beta1: float
     beta2: float
     final_lr_fraction: float
-    warmup_epochs: float
-    warmup_bias_lr: float
     warmup_beta1: float
-    nominal_batch: int
     clip_grad_norm: float
     ema_decay: float
     ema_tau: float
+    precise_bn_images: int
     patience: int
     early_stop_metric: str
     records_flush_every: int
@@ -120,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", help="YAML overriding configs/default.yaml (flags override both)")
     add("--resume", action="store_const", const=True, default=None,
         help="continue PROJECT/train/NAME/phaseN/weights/last.pt")
+    add("--recipe", help="auto | finetune | scratch | recipe.yaml (default auto: finetune when "
+        "--weights loaded a pretrained backbone, else scratch; phase 2: phase 1's)")
+    add("--precise-bn", dest="precise_bn_images", type=int,
+        help="training images for BatchNorm re-estimation before each validation (0 = off)")
+    add("--close-mosaic", dest="close_mosaic", type=int, help="last N epochs without mosaic")
     add("--patience", type=int, help="epochs without improvement before stopping (0 = never)")
     add("--seed", type=int)
     return parser
@@ -200,9 +204,10 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
-    """Write ``args.yaml`` atomically."""
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+def save_config(config: TrainConfig, path: str | os.PathLike[str],
+                extra: dict[str, Any] | None = None) -> None:
+    """Write ``args.yaml`` atomically: the config, then ``extra`` (e.g. the recipe a run resolved)."""
+    atomic_write_text(path, yaml.safe_dump({**config.to_dict(), **(extra or {})}, sort_keys=False))
 
 
 def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
@@ -233,23 +238,28 @@ def _validate(config: TrainConfig, source: str) -> None:
         fail("phase", "must be 1 (frozen backbone) or 2 (all layers)")
     if config.model not in MODELS:
         fail("model", f"must be one of {', '.join(MODELS)}")
-    for key in ("epochs", "batch", "nominal_batch", "records_flush_every"):
+    for key in ("epochs", "batch", "records_flush_every"):
         if getattr(config, key) < 1:
             fail(key, "must be >= 1")
-    for key in ("workers", "patience", "seed"):
+    if config.nominal_batch is not None and config.nominal_batch < 1:
+        fail("nominal_batch", "must be >= 1 (or null: the recipe's)")
+    for key in ("workers", "patience", "seed", "precise_bn_images"):
         if getattr(config, key) < 0:
             fail(key, "must be >= 0")
     if config.threads is not None and config.threads < 1:
         fail("threads", "must be >= 1")
     if config.imgsz is None or config.imgsz < 32 or config.imgsz % 32:
         fail("imgsz", "must be a multiple of 32 (the largest stride), >= 32")
-    for key in ("phase1_head_lr", "phase2_head_lr", "phase2_backbone_lr", "clip_grad_norm",
-                "ema_tau"):
+    for key in ("clip_grad_norm", "ema_tau"):
         if not getattr(config, key) > 0:
             fail(key, "must be > 0")
-    for key in ("weight_decay", "warmup_epochs", "warmup_bias_lr"):
-        if not getattr(config, key) >= 0:
-            fail(key, "must be >= 0")
+    if not config.weight_decay >= 0:
+        fail("weight_decay", "must be >= 0")
+    for key in ("warmup_epochs", "close_mosaic"):
+        if getattr(config, key) is not None and not getattr(config, key) >= 0:
+            fail(key, "must be >= 0 (or null: the recipe's)")
+    if config.recipe not in ("auto", "finetune", "scratch") and not Path(config.recipe).is_file():
+        fail("recipe", "must be auto, finetune, scratch or the path of a recipe YAML")
     for key in ("beta1", "beta2", "warmup_beta1", "ema_decay"):
         if not 0 <= getattr(config, key) < 1:
             fail(key, "must be in [0, 1)")

@@ -15,8 +15,8 @@ def test_defaults_come_from_default_yaml(monkeypatch) -> None:
     defaults = yaml.safe_load(DEFAULT_CONFIG.read_text())
     assert config.phase == 1 and config.model == "yolov5n" and config.name == "exp"
     assert config.imgsz == 320  # resolved from the device: CPU
-    assert (config.phase1_head_lr, config.phase2_head_lr, config.phase2_backbone_lr) == (1e-3, 1e-4, 1e-5)
-    assert config.weight_decay == 1e-2 and config.clip_grad_norm == 10.0 and config.nominal_batch == 64
+    assert config.recipe == "auto" and config.nominal_batch is None and config.warmup_epochs is None
+    assert config.weight_decay == 1e-2 and config.clip_grad_norm == 10.0 and config.precise_bn_images == 128
     assert config.early_stop_metric == "fitness"
     for key, value in defaults.items():
         if key not in ("imgsz", "device", "threads"):
@@ -33,11 +33,11 @@ def test_defaults_come_from_default_yaml(monkeypatch) -> None:
 
 def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:
     user = tmp_path / "mine.yaml"
-    user.write_text("epochs: 7\nbatch: 3\nphase2_head_lr: 0.0002\n")
+    user.write_text("epochs: 7\nbatch: 3\nrecipe: finetune\nnominal_batch: 32\n")
     config = build_config(["--config", str(user), "--epochs", "5", "--device", "cpu", "--phase", "2"])
     assert config.epochs == 5  # CLI wins over the YAML
     assert config.batch == 3  # YAML wins over the default
-    assert config.phase2_head_lr == 2e-4 and config.phase == 2
+    assert config.recipe == "finetune" and config.nominal_batch == 32 and config.phase == 2
     assert config.workers == read_yaml(DEFAULT_CONFIG)["workers"]
 
 
@@ -52,6 +52,9 @@ def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:
     ([], "ema_decay: 1.5\n", "ema_decay=1.5: must be in [0, 1)"),
     ([], "learning_rate: 0.1\n", "unknown key(s) ['learning_rate']"),
     ([], "augment: 1\n", "augment must be bool"),
+    (["--recipe", "fast"], "", "recipe='fast': must be auto, finetune, scratch or the path"),
+    (["--precise-bn", "-1"], "", "precise_bn_images=-1: must be >= 0"),
+    ([], "phase1_head_lr: 0.01\n", "unknown key(s) ['phase1_head_lr']"),
     ([], "epochs: [1\n", "invalid YAML"),
 ])
 def test_bad_values_are_rejected_with_clear_messages(tmp_path, argv, yaml_text, message) -> None:

@@ -23,6 +23,7 @@ from smartcash.model.build import build_model
 from smartcash.model.loss import LossOutput, YoloLoss
 from smartcash.model.training.optim import ModelEMA
 from smartcash.model.training.phases import EarlyStopping, enter_phase
+from smartcash.model.training.recipe import load_recipe
 from smartcash.model.training.records import read_results
 from smartcash.model.training.registry import ModelRegistry
 from smartcash.model.training.trainer import Trainer, optimization_step
@@ -32,7 +33,7 @@ from smartcash.train import main
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_KEYS = {"version", "date", "phase", "epoch", "interrupted", "model_name", "num_classes", "anchors",
                    "model", "ema", "ema_updates", "optimizer", "scaler", "scheduler", "iteration", "best_fitness",
-                   "early_stopping", "metrics", "results", "rng", "config", "taxonomy"}
+                   "early_stopping", "metrics", "results", "rng", "config", "taxonomy", "recipe"}
 REQUIRED_COLUMNS = {"epoch", "phase", "train/box_loss", "train/obj_loss", "train/cls_loss", "val/box_loss",
                     "val/obj_loss", "val/cls_loss", "metrics/precision", "metrics/recall", "metrics/mAP50",
                     "metrics/mAP50-95", "metrics/main_mAP50", "metrics/main_mAP50-95",
@@ -61,7 +62,9 @@ def _backbone(state: dict) -> dict:
 
 
 def test_two_phases_end_to_end(tmp_path, data_yaml) -> None:
-    assert _train(tmp_path, data_yaml, "--phase", "1", "--epochs", "2", "--name", "run", plots=True) == 0
+    # The finetune recipe: the head-only phase 1 the two phases are designed around.
+    assert _train(tmp_path, data_yaml, "--phase", "1", "--epochs", "2", "--name", "run", "--recipe", "finetune",
+                  plots=True) == 0
     assert _train(tmp_path, data_yaml, "--phase", "2", "--epochs", "1", "--name", "run") == 0
     phase1, phase2 = tmp_path / "runs/train/run/phase1", tmp_path / "runs/train/run/phase2"
     for name in ("weights/last.pt", "weights/best.pt", "results.csv", "args.yaml", "results.png",
@@ -75,7 +78,10 @@ def test_two_phases_end_to_end(tmp_path, data_yaml) -> None:
 
     best1, last2 = _load(phase1 / "weights/best.pt"), _load(phase2 / "weights/last.pt")
     assert set(best1) == CHECKPOINT_KEYS
-    assert best1["config"] == read_yaml(phase1 / "args.yaml")
+    args = read_yaml(phase1 / "args.yaml")
+    assert best1["recipe"] == args.pop("recipe_used") and best1["recipe"]["name"] == "finetune"
+    assert best1["config"] == args
+    assert "phase 1 trained with recipe finetune" in _load(phase2 / "weights/best.pt")["recipe"]["reason"]
     assert best1["anchors"].shape == (3, 3, 2) and best1["taxonomy"]["fine_classes"][14]["name"] == "security_thread"
     assert torch.equal(best1["anchors"], last2["anchors"])  # phase 2 keeps phase 1's (autoanchor) anchors
     # Phase 2 trains the backbone that phase 1 left untouched.
@@ -111,12 +117,13 @@ def _steps(model, setup, config, count: int = 2) -> None:
 
 def test_phase_switch_freezes_then_unfreezes_backbone() -> None:
     config = build_config(["--device", "cpu", "--epochs", "3"])
+    recipe = load_recipe("finetune")
     torch.manual_seed(0)
     model = build_model("yolov5n", 17)
     backbone_before = {k: v.clone() for k, v in _backbone(model.state_dict()).items()}
     head_before = [p.detach().clone() for p in list(model.neck.parameters()) + list(model.detect.parameters())]
 
-    setup = enter_phase(1, model, config, batches_per_epoch=4)
+    setup = enter_phase(1, model, config, recipe.phase(1), batches_per_epoch=4)
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     grouped = [p for group in setup.optimizer.param_groups for p in group["params"]]
     assert not backbone_ids & {id(p) for p in grouped}
@@ -130,14 +137,15 @@ def test_phase_switch_freezes_then_unfreezes_backbone() -> None:
     head_after = list(model.neck.parameters()) + list(model.detect.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(head_before, head_after))  # neck + head did train
 
-    setup2 = enter_phase(2, model, config, batches_per_epoch=4)
+    setup2 = enter_phase(2, model, config, recipe.phase(2), batches_per_epoch=4)
     assert setup2.optimizer is not setup.optimizer and setup2.early_stopping.best == -math.inf
     lrs = {g["name"]: g["initial_lr"] for g in setup2.optimizer.param_groups}
     assert lrs == {"head/weight": 1e-4, "head/norm": 1e-4, "head/bias": 1e-4,
                    "backbone/weight": 1e-5, "backbone/norm": 1e-5, "backbone/bias": 1e-5}
     setup2.schedule.apply(setup2.optimizer, 0, 0)  # first warm-up iteration
     for group in setup2.optimizer.param_groups:
-        assert group["lr"] == (config.warmup_bias_lr if group["kind"] == "bias" else 0.0)
+        # Biases start at 10x their own LR (not YOLOv5's fixed 0.01: 1000x the backbone's 1e-5).
+        assert group["lr"] == pytest.approx(10 * group["initial_lr"] if group["kind"] == "bias" else 0.0)
         assert group["betas"][0] == config.warmup_beta1
     _steps(model, setup2, config)
     changed = _backbone(model.state_dict())
@@ -147,13 +155,15 @@ def test_phase_switch_freezes_then_unfreezes_backbone() -> None:
 
 def test_schedule_warmup_then_cosine() -> None:
     config = build_config(["--device", "cpu", "--epochs", "4"])
-    setup = enter_phase(1, build_model("yolov5n", 17), config, batches_per_epoch=10)
+    setup = enter_phase(1, build_model("yolov5n", 17), config, load_recipe("finetune").phase(1),
+                        batches_per_epoch=10)
     schedule, optimizer = setup.schedule, setup.optimizer
     assert schedule.warmup_iterations == 10
     schedule.apply(optimizer, 5, 0)
     weight = next(g for g in optimizer.param_groups if g["kind"] == "weight")
     bias = next(g for g in optimizer.param_groups if g["kind"] == "bias")
     assert weight["lr"] == pytest.approx(0.5e-3) and bias["lr"] == pytest.approx(0.01 + (1e-3 - 0.01) * 0.5)
+    assert schedule.batches_per_step(0) == schedule.accumulate == 4  # nominal 64 / batch 16, no ramp
     schedule.apply(optimizer, 35, 3)
     expected = 1e-3 * (((1 - math.cos(3 * math.pi / 4)) / 2) * (0.01 - 1) + 1)
     assert weight["lr"] == pytest.approx(expected) and bias["lr"] == pytest.approx(expected)

@@ -123,6 +123,9 @@ class YoloDataset(Dataset):
         #: (N, 2) [height, width] of each source image.
         self.shapes = np.asarray([(s.height, s.width) for s in report.samples], dtype=np.int64)
         self.augmenter = Augmenter(self.imgsz, AugmentConfig.from_hyp(hyp), seed) if augment else None
+        #: False for a recipe's closing epochs: augment single images only (set before an epoch's
+        #: workers start; they get a copy of the dataset).
+        self.mosaic_enabled = True
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -147,7 +150,7 @@ class YoloDataset(Dataset):
 
     def _augmented(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple, tuple]:
         assert self.augmenter is not None
-        if self.augmenter.use_mosaic():
+        if self.augmenter.use_mosaic() and self.mosaic_enabled:
             others = self.augmenter.rng.integers(0, len(self), size=3)
             indices = [index, *others.tolist()]
             tiles = [self._resized(i) for i in indices]

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-import torch
 from torch import Tensor, nn
+
+from smartcash.model.batchnorm import batchnorm_layers, recompute_batchnorm_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ def unfreeze_all(model: nn.Module) -> int:
     return trainable
 
 
-@torch.no_grad()
 def estimate_backbone_statistics(model: nn.Module, batches: Iterable[Tensor]) -> int:
     """Re-estimate the backbone's BatchNorm running statistics from data; weights are unchanged.
 
@@ -88,21 +88,4 @@ def estimate_backbone_statistics(model: nn.Module, batches: Iterable[Tensor]) ->
         The number of images the statistics were estimated from.
     """
     backbone = _detector(model).backbone
-    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    modes = {module: module.training for module in backbone.modules()}
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average: every batch counts equally
-    backbone.eval()
-    for norm in norms:
-        norm.train()  # normalise by batch statistics and accumulate them
-    images = 0
-    for batch in batches:
-        backbone(batch)
-        images += len(batch)
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
-    for module, training in modes.items():
-        module.train(training)
-    return images
+    return recompute_batchnorm_statistics(backbone, batches, batchnorm_layers(backbone))

@@ -50,12 +50,17 @@ class LevelTargets:
 class YoloLoss:
     """YOLOv5 loss over the raw head outputs; anchors and strides are read from the head per call."""
 
-    def __init__(self, model: nn.Module, config: LossConfig) -> None:
+    def __init__(self, model: nn.Module, config: LossConfig, gains: dict[str, float] | None = None) -> None:
+        """``gains``: the recipe's multipliers of loss.json's box / obj / cls weights (default 1)."""
         self.detect = getattr(model, "detect", model)
         if len(config.obj_balance) != self.detect.num_levels:
             raise ValueError(f"loss obj_balance has {len(config.obj_balance)} values, "
                              f"the head has {self.detect.num_levels} scales")
         self.config = config
+        gains = gains or {}
+        self.box_weight = config.box_weight * gains.get("box", 1.0)
+        self.obj_weight = config.obj_weight * gains.get("obj", 1.0)
+        self.cls_weight = config.cls_weight * gains.get("cls", 1.0)
         self.num_classes = self.detect.num_classes
         # Label smoothing as YOLOv5's smooth_BCE: positives 1 - eps/2, negatives eps/2.
         self.class_positive = 1.0 - 0.5 * config.label_smoothing
@@ -86,9 +91,9 @@ class YoloLoss:
                     cls_loss = cls_loss + F.binary_cross_entropy_with_logits(selected[:, 5:], class_target)
             objectness = F.binary_cross_entropy_with_logits(prediction[..., 4].float(), objectness_target.float())
             obj_loss = obj_loss + objectness * self.config.obj_balance[level]
-        box_loss = box_loss * self.config.box_weight
-        obj_loss = obj_loss * self.config.obj_weight
-        cls_loss = cls_loss * self.config.cls_weight
+        box_loss = box_loss * self.box_weight
+        obj_loss = obj_loss * self.obj_weight
+        cls_loss = cls_loss * self.cls_weight
         batch_size = raw[0].shape[0]
         return LossOutput(total=(box_loss + obj_loss + cls_loss) * batch_size, box=box_loss.detach(),
                           obj=obj_loss.detach(), cls=cls_loss.detach())

@@ -8,6 +8,7 @@ its own LR), kind ``weight`` (decayed), ``norm`` (BatchNorm/LayerNorm weights, n
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable
@@ -61,20 +62,25 @@ def build_param_groups(model: nn.Module, part_lrs: dict[str, float],
 
 @dataclass(frozen=True)
 class WarmupCosineSchedule:
-    """LR and beta1 as a pure function of (iteration, epoch), as YOLOv5 schedules them.
+    """LR, beta1 and gradient accumulation as pure functions of (iteration, epoch), as YOLOv5
+    schedules them.
 
     Cosine decay per epoch from ``initial_lr`` to ``initial_lr * final_fraction``. During the
     first ``warmup_iterations`` optimiser-loop iterations, each LR moves linearly to its cosine
-    value: biases from ``warmup_bias_lr`` down, the other groups from 0 up; beta1 rises from
-    ``warmup_beta1`` to ``beta1``. Being stateless, a resumed run gets exactly the same values.
+    value: biases from ``warmup_bias_factor`` times their own LR down, the other groups from 0 up;
+    beta1 rises from ``warmup_beta1`` to ``beta1``; with ``warmup_accumulate`` the batches per
+    optimiser step rise from 1 to ``accumulate``. Being stateless, a resumed run gets exactly the
+    same values.
     """
 
     epochs: int
     warmup_iterations: int
     final_fraction: float
-    warmup_bias_lr: float
+    warmup_bias_factor: float
     beta1: float
     warmup_beta1: float
+    accumulate: int = 1
+    warmup_accumulate: bool = False
 
     def factor(self, epoch: int) -> float:
         """Cosine multiplier of ``initial_lr`` at ``epoch``: 1 at epoch 0 -> final_fraction."""
@@ -88,7 +94,7 @@ class WarmupCosineSchedule:
         for group in optimizer.param_groups:
             target = group["initial_lr"] * factor
             if warming:
-                start = self.warmup_bias_lr if group.get("kind") == "bias" else 0.0
+                start = self.warmup_bias_factor * group["initial_lr"] if group.get("kind") == "bias" else 0.0
                 group["lr"] = start + (target - start) * progress
             else:
                 group["lr"] = target
@@ -96,10 +102,14 @@ class WarmupCosineSchedule:
                 beta1 = self.warmup_beta1 + (self.beta1 - self.warmup_beta1) * progress
                 group["betas"] = (beta1, group["betas"][1])
 
+    def batches_per_step(self, iteration: int) -> int:
+        """Batches whose gradients add up into one optimiser step at ``iteration``."""
+        if not self.warmup_accumulate or iteration >= self.warmup_iterations:
+            return self.accumulate
+        return max(1, round(1 + (self.accumulate - 1) * iteration / self.warmup_iterations))
+
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "warmup_iterations": self.warmup_iterations,
-                "final_fraction": self.final_fraction, "warmup_bias_lr": self.warmup_bias_lr,
-                "beta1": self.beta1, "warmup_beta1": self.warmup_beta1}
+        return dataclasses.asdict(self)
 
 
 def build_optimizer(groups: list[dict[str, Any]], beta1: float, beta2: float) -> torch.optim.AdamW:
@@ -122,8 +132,10 @@ class ModelEMA:
     """Exponential moving average of the trainable weights (YOLOv5's ModelEMA, ramped decay).
 
     ``decay_t = decay * (1 - exp(-updates / tau))`` so early updates track the model closely.
-    Only parameters that require grad are averaged; frozen parameters and buffers (BatchNorm
-    statistics, themselves running averages) are copied, so a frozen backbone stays bit-exact.
+    Trainable parameters and the floating-point buffers of trainable layers (BatchNorm running
+    statistics) are averaged, as YOLOv5 does: copying the live statistics would pair averaged
+    weights with the statistics of the latest weights. Frozen layers are copied, so a frozen
+    backbone stays bit-exact.
     """
 
     def __init__(self, model: nn.Module, decay: float, tau: float, updates: int = 0) -> None:
@@ -134,14 +146,28 @@ class ModelEMA:
         self.tau = tau
         self.updates = updates
 
+    @staticmethod
+    def averaged_names(model: nn.Module) -> set[str]:
+        """State-dict names that are averaged: trainable parameters, and the floating-point buffers
+        of layers with a trainable parameter."""
+        names: set[str] = set()
+        for prefix, module in model.named_modules():
+            parameters = list(module.named_parameters(prefix=prefix, recurse=False))
+            trainable = [name for name, parameter in parameters if parameter.requires_grad]
+            names.update(trainable)
+            if trainable:
+                names.update(name for name, buffer in module.named_buffers(prefix=prefix, recurse=False)
+                             if buffer.is_floating_point())
+        return names
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = self.decay * (1 - math.exp(-self.updates / self.tau))
-        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        averaged = self.averaged_names(model)
         source = model.state_dict()
         for name, value in self.module.state_dict().items():
-            if name in trainable:
+            if name in averaged:
                 value.mul_(decay).add_(source[name].detach(), alpha=1 - decay)
             else:
                 value.copy_(source[name])

@@ -84,14 +84,17 @@ def find_start_point(config: TrainConfig) -> StartPoint:
     return StartPoint(None, None, False)
 
 
-def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, train_dataset: Any,
-                   device: torch.device) -> nn.Module:
-    """The model on ``device`` with its starting weights and anchors (autoanchor for a fresh phase 1).
+@dataclass(frozen=True)
+class StartingModel:
+    """The model at its starting point, and whether ``--weights`` gave it a pretrained backbone."""
 
-    A fresh run whose backbone got no pretrained BatchNorm statistics has them estimated from
-    training images first (``estimate_backbone_statistics``): phase 1 freezes the backbone, and a
-    frozen backbone with initial statistics gives the neck nothing to learn from.
-    """
+    model: nn.Module
+    pretrained_backbone: bool
+
+
+def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, train_dataset: Any,
+                   device: torch.device) -> StartingModel:
+    """The model on ``device`` with its starting weights and anchors (autoanchor for a fresh phase 1)."""
     from smartcash.model.build import build_model
 
     if start.state is None:
@@ -108,10 +111,8 @@ def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, t
             from smartcash.model.anchors import check_anchors
 
             check_anchors(model, dataset_box_sizes(train_dataset, config.imgsz), config.imgsz, seed=config.seed)
-        model = model.to(device)
-        if not any(name.startswith("backbone.") and name.endswith("running_var") for name in loaded):
-            _estimate_backbone_statistics(model, train_dataset, config, device)
-        return model
+        pretrained = any(name.startswith("backbone.") and name.endswith("running_var") for name in loaded)
+        return StartingModel(model.to(device), pretrained)
     state, path = start.state, start.path
     saved_names = tuple(c["name"] for c in state.get("taxonomy", {}).get("fine_classes", []))
     if saved_names and saved_names != taxonomy.names:
@@ -125,13 +126,25 @@ def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, t
     key = "model" if start.resume else "ema"
     model.load_state_dict(state[key])
     logger.info("weights: %s[%r] (epoch %d)", path, key, int(state.get("epoch", -1)))
-    return model.to(device)
+    return StartingModel(model.to(device), False)
 
 
-def _estimate_backbone_statistics(model: nn.Module, train_dataset: Any, config: TrainConfig,
-                                  device: torch.device) -> None:
-    """BatchNorm statistics of a randomly initialised backbone from up to CALIBRATION_IMAGES
-    training images (evenly spaced, augmented as in training, reseeded: the same on every rank)."""
+def build_precise_bn(config: TrainConfig, device: torch.device) -> Any:
+    """The precise-BatchNorm hook over a fixed sample of the (non-augmented) training split."""
+    from smartcash.data.dataset import YoloDataset
+    from smartcash.data.dataset_config import load_dataset_config
+    from smartcash.model.training.precise_bn import PreciseBatchNorm
+
+    dataset = YoloDataset(load_dataset_config(config.data), "train", config.imgsz, augment=False)
+    return PreciseBatchNorm(dataset, config.precise_bn_images, config.seed, config.batch)
+
+
+def estimate_random_backbone_statistics(model: nn.Module, train_dataset: Any, config: TrainConfig,
+                                        device: torch.device) -> None:
+    """BatchNorm statistics of a randomly initialised backbone that a recipe freezes, from up to
+    CALIBRATION_IMAGES training images (evenly spaced, augmented as in training, reseeded: the
+    same on every rank). Frozen with its initial statistics (mean 0, variance 1) it would give the
+    neck nothing to learn from."""
     from torch.utils.data import DataLoader, Subset
 
     from smartcash.data.dataset import collate_batch
@@ -146,9 +159,9 @@ def _estimate_backbone_statistics(model: nn.Module, train_dataset: Any, config: 
     loader = DataLoader(Subset(train_dataset, indices), batch_size=config.batch, shuffle=False,
                         num_workers=0, collate_fn=collate_batch)
     images = estimate_backbone_statistics(model, (batch.images.to(device) for batch in loader))
-    logger.warning("no pretrained backbone weights: estimated its BatchNorm statistics from %d training "
-                   "images (weights stay random). Phase 1 trains only the neck and head on this random "
-                   "backbone; expect modest accuracy until phase 2, or pass --weights", images)
+    logger.warning("recipe freezes a backbone that has no pretrained weights: estimated its BatchNorm "
+                   "statistics from %d training images (weights stay random); expect modest accuracy "
+                   "until the backbone trains (--recipe scratch trains it from the start)", images)
 
 
 def dataset_box_sizes(dataset: Any, imgsz: int) -> np.ndarray:

@@ -36,6 +36,7 @@ from smartcash.model.training.checkpoint import (checkpoint_bytes, restore_rng_s
 from smartcash.model.training.optim import ModelEMA, group_lrs
 from smartcash.model.training.core.validation_executor import ValidationExecutor
 from smartcash.model.training.phases import enter_phase
+from smartcash.model.training.recipe import choose_recipe, resumed_recipe
 from smartcash.model.training.records import ResultsWriter
 from smartcash.taxonomy import load_loss_config
 
@@ -192,19 +193,32 @@ class Trainer:
         data = run_setup.build_data(config, dist.world_size, dist.is_main)
         self.taxonomy, self.train_loader, self.val_loader = data.taxonomy, data.train_loader, data.val_loader
         seed_everything(config.seed)  # identical initial weights on every rank and every run
-        model = run_setup.build_detector(config, self.taxonomy, start, self.train_loader.dataset, self.device)
+        starting = run_setup.build_detector(config, self.taxonomy, start, self.train_loader.dataset, self.device)
+        model = starting.model
+        previous = start.state.get("recipe") if start.state is not None else None
+        if start.resume and previous:  # exactly the recipe the interrupted run used
+            self.recipe = resumed_recipe(previous)
+        else:
+            self.recipe = choose_recipe(config.recipe, config.phase, starting.pretrained_backbone, previous)
+        phase_recipe = self.recipe.recipe.phase(config.phase)
+        logger.info("recipe %s (%s): %s", self.recipe.recipe.name, self.recipe.reason,
+                    ", ".join(f"{key} {value}" for key, value in phase_recipe.to_dict().items()))
+        if (start.state is None and phase_recipe.freeze_backbone and not starting.pretrained_backbone):
+            run_setup.estimate_random_backbone_statistics(model, self.train_loader.dataset, config, self.device)
         if dist.is_main:
             summary = model_summary(model)  # GFLOPs at 640, as YOLOv5 reports them
             at_imgsz = "" if config.imgsz == 640 else f", {count_gflops(model, config.imgsz):.1f} at {config.imgsz}"
             logger.info("%s%s", summary, at_imgsz)
-        self.loss_fn = YoloLoss(model, load_loss_config())
+        self.loss_fn = YoloLoss(model, load_loss_config(),
+                                phase_recipe.effective_loss_gains(config.imgsz, self.taxonomy.num_classes))
         self.validator = ValidationExecutor(self.taxonomy, show_progress=dist.is_main)
-        self.phase_setup = enter_phase(config.phase, model, config, len(self.train_loader), self.validator)
+        self.phase_setup = enter_phase(config.phase, model, config, phase_recipe, len(self.train_loader),
+                                       dist.world_size, self.validator)
+        self.close_mosaic = phase_recipe.close_mosaic if config.close_mosaic is None else config.close_mosaic
         self.optimizer = self.phase_setup.optimizer
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.ema = ModelEMA(model, config.ema_decay, config.ema_tau)
-        # Accumulate gradients over ~nominal_batch images (all ranks together) per optimiser step.
-        self.accumulate = max(round(config.nominal_batch / (config.batch * dist.world_size)), 1)
+        self.precise_bn = run_setup.build_precise_bn(config, self.device) if dist.is_main else None
         if start.resume:
             self.resume_from(start.state)
             logger.info("resuming %s from epoch %d", start.path, self.start_epoch)
@@ -216,7 +230,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if dist.is_main:
             run_setup.prepare_run_dir(config)
-            save_config(config, self.run_dir / "args.yaml")
+            save_config(config, self.run_dir / "args.yaml", {"recipe_used": self.recipe.to_dict()})
             self.records = ResultsWriter(self.run_dir / "results.csv", config.records_flush_every,
                                          resume_before_epoch=self.start_epoch if start.resume else None,
                                          saved_rows=start.state.get("results") if start.resume else None)
@@ -234,6 +248,12 @@ class Trainer:
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        if hasattr(dataset, "mosaic_enabled"):
+            # The recipe's closing epochs train on whole images, the way the model is evaluated.
+            mosaic = epoch < self.config.epochs - self.close_mosaic
+            if dataset.mosaic_enabled and not mosaic and self.dist.is_main:
+                logger.info("epoch %d: mosaic off for the last %d epochs", epoch, self.config.epochs - epoch)
+            dataset.mosaic_enabled = mosaic
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Train over the loader; returns the mean weighted box/obj/cls losses of the epoch."""
@@ -241,11 +261,15 @@ class Trainer:
         batches = len(self.train_loader)
         sums = torch.zeros(3, device=self.device)
         progress = self._progress(self.train_loader, f"phase {self.config.phase} epoch {epoch}")
+        schedule = self.phase_setup.schedule
+        last_step = epoch * batches - 1  # gradients never accumulate across an epoch boundary
         for index, batch in enumerate(progress):
             iteration = epoch * batches + index
-            self.phase_setup.schedule.apply(self.optimizer, iteration, epoch)
+            schedule.apply(self.optimizer, iteration, epoch)
             batch = batch.to(self.device)
-            update = (index + 1) % self.accumulate == 0 or index == batches - 1
+            update = iteration - last_step >= schedule.batches_per_step(iteration) or index == batches - 1
+            if update:
+                last_step = iteration
             losses = optimization_step(
                 self.model, batch.images, batch.targets, self.loss_fn, self.optimizer, self.scaler,
                 self.ema, update=update, clip_grad_norm=self.config.clip_grad_norm, amp=self.amp,
@@ -260,6 +284,7 @@ class Trainer:
         """Validate the EMA weights (rank 0), checkpoint, record; True when early stopping fires."""
         stop = torch.zeros(1, device=self.device)
         if self.dist.is_main:
+            precise = self.precise_bn(self.ema.module, self.device)
             result = self.validate()
             lrs = group_lrs(self.optimizer)
             row = {"epoch": epoch, "phase": self.config.phase, **train_losses, **result.metrics_row(),
@@ -275,10 +300,11 @@ class Trainer:
             # ResultsWriter drops the row again, instead of a last.pt whose epoch has no row.
             self.records.add(row)
             self._save_checkpoints(improved=improved, interrupted=False)
-            logger.info("epoch %d/%d: mAP50 %.4f mAP50-95 %.4f %s %.4f (best %.4f @ %d) %.1f s",
-                        epoch, self.config.epochs - 1, row.get("metrics/mAP50", float("nan")),
-                        row.get("metrics/mAP50-95", float("nan")), tracker.metric,
-                        _fitness_value(tracker.metric, row), tracker.best, tracker.best_epoch, seconds)
+            logger.info("epoch %d/%d: mAP50 %.4f mAP50-95 %.4f %s %.4f (best %.4f @ %d) %.1f s; precise BN "
+                        "%d images, %.1f s", epoch, self.config.epochs - 1,
+                        row.get("metrics/mAP50", float("nan")), row.get("metrics/mAP50-95", float("nan")),
+                        tracker.metric, _fitness_value(tracker.metric, row), tracker.best,
+                        tracker.best_epoch, seconds, precise.images, precise.seconds)
             if tracker.should_stop(epoch):
                 logger.info("early stopping: no %s improvement for %d epochs (best %.4f at epoch %d)",
                             tracker.metric, tracker.patience, tracker.best, tracker.best_epoch)
@@ -332,6 +358,7 @@ class Trainer:
             # restores the rows that never reached the file.
             "results": [dict(row) for row in self.records.rows],
             "config": self.config.to_dict(), "taxonomy": self.taxonomy.to_dict(),
+            "recipe": self.recipe.to_dict(),
         }
 
     def _save_checkpoints(self, improved: bool, interrupted: bool) -> None:

@@ -1,0 +1,113 @@
+"""Recipes: chosen by the starting point with a saved reason, validated at the edge, and what the
+trainer does with them (a trainable backbone from scratch, accumulation ramp, closing epochs
+without mosaic, phase 2 reading phase 1's recipe)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from smartcash.config import ConfigError, read_yaml
+from smartcash.data.synthetic import ensure_synthetic_dataset
+from smartcash.model.training.optim import WarmupCosineSchedule
+from smartcash.model.training.recipe import (MAX_WARMUP_BIAS_FACTOR, RECIPE_DIR, choose_recipe, load_recipe,
+                                             recipe_from_dict)
+from smartcash.model.training.trainer import Trainer
+from smartcash.train import main
+
+
+def test_auto_follows_the_starting_point() -> None:
+    scratch = choose_recipe("auto", 1, pretrained_backbone=False)
+    assert scratch.recipe.name == "scratch" and "no pretrained backbone" in scratch.reason
+    assert not scratch.recipe.phase(1).freeze_backbone
+    finetune = choose_recipe("auto", 1, pretrained_backbone=True)
+    assert finetune.recipe.name == "finetune" and finetune.recipe.phase(1).freeze_backbone
+    # The spec's fine-tuning LRs.
+    assert (finetune.recipe.phase(1).head_lr, finetune.recipe.phase(2).head_lr,
+            finetune.recipe.phase(2).backbone_lr) == (1e-3, 1e-4, 1e-5)
+    assert choose_recipe("finetune", 1, pretrained_backbone=False).reason == "--recipe finetune"
+    # Phase 2 takes phase 1's recipe from its checkpoint, settings included.
+    saved = scratch.to_dict()
+    saved["phase2"]["head_lr"] = 7e-4
+    phase2 = choose_recipe("auto", 2, pretrained_backbone=False, previous=saved)
+    assert phase2.recipe.phase(2).head_lr == 7e-4 and "phase 1 trained with recipe scratch" in phase2.reason
+    overridden = choose_recipe("finetune", 2, False, previous=saved)
+    assert overridden.recipe.name == "finetune" and "phase 1 used scratch" in overridden.reason
+    assert choose_recipe("auto", 2, False, previous=None).recipe.name == "finetune"  # older checkpoints
+
+
+def test_shipped_recipes_round_trip_and_bias_warmup_is_bounded(tmp_path) -> None:
+    for name in ("finetune", "scratch"):
+        recipe = load_recipe(name)
+        assert recipe_from_dict(recipe.to_dict()).phases == recipe.phases
+        for phase in (1, 2):
+            assert recipe.phase(phase).warmup_bias_factor <= MAX_WARMUP_BIAS_FACTOR
+    text = (RECIPE_DIR / "finetune.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("warmup_bias_factor: 10.0", "warmup_bias_factor: 800", 1))
+    with pytest.raises(ConfigError, match="phase1: warmup_bias_factor must be in"):
+        load_recipe(str(bad))
+    bad.write_text(re.sub(r"\n  head_lr:[^\n]*", "", text, count=1))
+    with pytest.raises(ConfigError, match=r"missing key\(s\) \['head_lr'\]"):
+        load_recipe(str(bad))
+
+
+def test_loss_scaling_follows_yolov5() -> None:
+    phase = load_recipe("scratch").phase(1)
+    scaled = type(phase)(**{**phase.to_dict(), "loss_scaling": "yolov5"})
+    gains = scaled.effective_loss_gains(imgsz=320, num_classes=16)
+    base = phase.loss_gains
+    assert gains == pytest.approx({"box": base["box"], "obj": base["obj"] * 0.25, "cls": base["cls"] * 0.2})
+
+
+def test_accumulation_ramps_during_warmup() -> None:
+    schedule = WarmupCosineSchedule(epochs=3, warmup_iterations=30, final_fraction=0.01, warmup_bias_factor=10,
+                                    beta1=0.937, warmup_beta1=0.8, accumulate=4, warmup_accumulate=True)
+    # 1 + 3 * i / 30, rounded: 1 at the start, 2.5 -> 2 at i = 15, 4 from the end of warm-up on.
+    assert [schedule.batches_per_step(i) for i in (0, 4, 5, 15, 25, 29, 30, 100)] == [1, 1, 2, 2, 4, 4, 4, 4]
+    flat = WarmupCosineSchedule(3, 30, 0.01, 10, 0.937, 0.8, accumulate=4, warmup_accumulate=False)
+    assert flat.batches_per_step(0) == 4
+
+
+@pytest.fixture(scope="module")
+def data_yaml(tmp_path_factory) -> str:
+    return str(ensure_synthetic_dataset(root=tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=4, imgsz=64))
+
+
+def _train(tmp_path: Path, data_yaml: str, *flags: str) -> int:
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("plots: false\nwarmup_epochs: 0.5\nprecise_bn_images: 4\n")
+    return main(["--data", data_yaml, "--imgsz", "64", "--batch", "4", "--workers", "0", "--device", "cpu",
+                 "--project", str(tmp_path / "runs"), "--config", str(tiny), *flags])
+
+
+def test_default_run_from_scratch_trains_every_layer_and_closes_mosaic(tmp_path, data_yaml, monkeypatch) -> None:
+    mosaic_by_epoch = {}
+    original = Trainer.train_one_epoch
+
+    def record(self, epoch):
+        mosaic_by_epoch[epoch] = self.train_loader.dataset.mosaic_enabled
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", record)
+    assert _train(tmp_path, data_yaml, "--epochs", "3", "--close-mosaic", "1", "--name", "s") == 0
+    run = tmp_path / "runs/train/s/phase1"
+    used = read_yaml(run / "args.yaml")["recipe_used"]
+    assert used["name"] == "scratch" and used["reason"].startswith("auto: no pretrained backbone")
+    assert mosaic_by_epoch == {0: True, 1: True, 2: False}
+    state = torch.load(run / "weights/last.pt", weights_only=True)
+    assert state["recipe"] == used
+    from smartcash.model.build import build_model
+
+    torch.manual_seed(0)  # the run's initial weights (seed 0)
+    initial = build_model("yolov5n", 17).state_dict()
+    moved = [k for k, v in state["model"].items() if k.startswith("backbone.") and k.endswith("conv.weight")
+             and not torch.equal(v, initial[k])]
+    assert moved  # the random backbone trained in phase 1
+    # Phase 2 continues with the scratch recipe without being told.
+    assert _train(tmp_path, data_yaml, "--phase", "2", "--epochs", "1", "--name", "s") == 0
+    used2 = read_yaml(tmp_path / "runs/train/s/phase2/args.yaml")["recipe_used"]
+    assert used2["name"] == "scratch" and "phase 1 trained with recipe scratch" in used2["reason"]
