@@ -70,6 +70,7 @@ def run_smartcash(data: workloads.BenchData, device: str, phase: int, epochs: in
     argv = ["--phase", str(phase), "--data", str(data.data_yaml), "--model", MODEL, "--imgsz", str(IMGSZ),
             "--batch", str(BATCH), "--workers", str(WORKERS), "--epochs", str(epochs), "--device", device,
             "--project", str(project), "--name", name, "--patience", "0", "--seed", "0",
+            "--recipe", "finetune",  # phase 1 frozen, as the freeze=10 peer; scratch would train all
             "--config", str(overrides)]
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads or saved_threads)
