@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", default="coco", choices=("coco", "yolo"), help="mAP semantics")
     parser.add_argument("--conf", type=float, default=0.001, help="confidence threshold")
     parser.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
+    parser.add_argument("--precise-bn", type=int, default=0, metavar="N",
+                        help="first re-estimate BatchNorm statistics on N training images of --data (seeded); "
+                        "training already does this before each validation, so 0 (default) for its checkpoints")
     parser.add_argument("--progress-interval", type=int, default=10, help="batches between progress reports")
     parser.add_argument("--json", help="write the full result to this JSON file")
     parser.add_argument("--project", default="runs", help="runs root for weights outside a run dir")
@@ -79,6 +82,24 @@ def _resolve_data(argument: str | None, checkpoint: dict[str, Any]) -> Path:
     return ensure_synthetic_dataset()
 
 
+def _precise_bn(model: Any, dataset: Any, imgsz: int, args: argparse.Namespace, checkpoint: dict[str, Any],
+                device: Any) -> None:
+    """Re-estimate the model's BatchNorm statistics on ``args.precise_bn`` training images; a backbone
+    that its training phase kept frozen keeps its statistics, as in training."""
+    from smartcash.data.dataset import YoloDataset
+    from smartcash.model.training.precise_bn import PreciseBatchNorm
+
+    recipe = checkpoint.get("recipe") or {}
+    phase = f"phase{checkpoint.get('phase', 1)}"
+    model.backbone_norm_frozen = bool((recipe.get(phase) or {}).get("freeze_backbone", False))
+    seed = int((checkpoint.get("config") or {}).get("seed", 0))
+    hook = PreciseBatchNorm(YoloDataset(dataset, "train", imgsz, augment=False), args.precise_bn, seed, args.batch)
+    report = hook(model, device)
+    model.eval()
+    print(f"precise BN: {report.layers} BatchNorm layers re-estimated on {report.images} training images "
+          f"in {report.seconds:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -108,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     model.to(device)
+    if args.precise_bn > 0:
+        try:
+            _precise_bn(model, dataset, imgsz, args, checkpoint, device)
+        except DatasetError as error:
+            print(f"error: --precise-bn needs the training split: {error}", file=sys.stderr)
+            return 2
     executor = ValidationExecutor(taxonomy, mode=args.mode, conf_threshold=args.conf, iou_threshold=args.iou,
                                   progress_interval=args.progress_interval)
     result = executor.run(model, loader, device)

@@ -4,6 +4,7 @@ References: the mAP calculator fed independently (ground truth read from the lab
 ultralytics' DetectionValidator matching + DetMetrics, the training loss, and a stop request.
 """
 
+import copy
 import json
 import threading
 from pathlib import Path
@@ -211,3 +212,29 @@ def test_val_cli_end_to_end(model, data_yaml, tmp_path) -> None:
     assert saved["num_images"] == 5
     for name in ("PR_curve.png", "PR_curve_main.png", "confusion_matrix.png"):
         assert (tmp_path / "run" / "val_val" / name).stat().st_size > 0
+
+
+def test_val_cli_precise_bn_re_estimates_statistics_first(model, data_yaml, tmp_path, capsys) -> None:
+    from smartcash import val
+    from smartcash.data.dataset import YoloDataset
+    from smartcash.data.dataset_config import load_dataset_config
+    from smartcash.model.training.precise_bn import PreciseBatchNorm
+
+    taxonomy = load_taxonomy()
+    weights = tmp_path / "best.pt"
+    torch.save({"model_name": "yolov5n", "num_classes": 17, "anchors": model.detect.anchors.clone(),
+                "model": model.state_dict(), "ema": model.state_dict(),
+                "config": {"model": "yolov5n", "imgsz": IMGSZ, "seed": 0}, "taxonomy": taxonomy.to_dict()}, weights)
+    output = tmp_path / "result.json"
+    assert val.main(["--weights", str(weights), "--data", str(data_yaml), "--batch", "2", "--device", "cpu",
+                     "--workers", "0", "--json", str(output), "--precise-bn", "3", "--no-plots"]) == 0
+    assert "re-estimated on 3 training images" in capsys.readouterr().out
+    # The same numbers as re-estimating by hand, then evaluating.
+    reference = copy.deepcopy(model)
+    dataset = YoloDataset(load_dataset_config(data_yaml), "train", IMGSZ, augment=False)
+    PreciseBatchNorm(dataset, 3, seed=0, batch_size=2)(reference, torch.device("cpu"))
+    expected = evaluate(reference.eval(), _loader(data_yaml), "cpu", show_progress=False)
+    saved = json.loads(output.read_text())["metrics"]
+    assert saved["metrics/mAP50-95"] == pytest.approx(expected.fine.map50_95)
+    plain = evaluate(model, _loader(data_yaml), "cpu", show_progress=False)
+    assert saved["metrics/mAP50-95"] != pytest.approx(plain.fine.map50_95)  # the statistics did change
