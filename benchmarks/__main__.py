@@ -7,6 +7,8 @@ A process per benchmark: ultralytics changes process-wide settings (torch thread
 and a benchmark that fails does not stop the others. Each writes benchmarks/results/<name>.json
 (``<name>_quick.json`` with --quick). ``--quick`` is a smoke run of about two minutes on an idle
 2-core machine; it skips ``install``, which downloads and installs everything into a new venv.
+``learning`` (SmartCash vs ultralytics learning curves, tens of minutes) runs only when named:
+``--only learning``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import sys
 import time
 
 #: Run order: the cheap ones first.
-BENCHMARKS = ("map", "extractor", "validation", "loader", "training", "install")
-TAKES_DATA = {"validation", "loader", "training"}
-TAKES_THREADS = {"extractor", "validation", "loader", "training"}
+BENCHMARKS = ("map", "extractor", "validation", "loader", "training", "install", "learning")
+ONLY_WHEN_NAMED = {"learning"}  # too long for the default sequence
+TAKES_DATA = {"validation", "loader", "training", "learning"}
+TAKES_THREADS = {"extractor", "validation", "loader", "training", "learning"}
 
 
 def commands(name: str, args: argparse.Namespace, cuda: bool) -> list[list[str]]:
@@ -41,12 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, fewer repeats (~2 minutes)")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cpu, and cuda when present)")
-    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(BENCHMARKS)}")
-    parser.add_argument("--data", default=None, help="dataset for validation/loader/training (default synthetic)")
+    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(BENCHMARKS)} "
+                                                     f"(default: all but {','.join(sorted(ONLY_WHEN_NAMED))})")
+    parser.add_argument("--data", default=None,
+                        help="dataset for validation/loader/training/learning (default synthetic)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for the model benchmarks (default: one per core)")
     args = parser.parse_args(argv)
-    chosen = BENCHMARKS if not args.only else tuple(name.strip() for name in args.only.split(",") if name.strip())
+    default = tuple(name for name in BENCHMARKS if name not in ONLY_WHEN_NAMED)
+    chosen = default if not args.only else tuple(name.strip() for name in args.only.split(",") if name.strip())
     unknown = sorted(set(chosen) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -100,19 +101,33 @@ def import_time(module: str, repeats: int = 3) -> float:
     return statistics.median(run(f"import {module}") for _ in range(repeats))
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Plain aligned text table; floats with 4 significant decimals."""
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
-        return str(value)
-
-    text = [[cell(value) for value in row] for row in rows]
+    text = [[_cell(value) for value in row] for row in rows]
     widths = [max(len(str(header)), *(len(row[i]) for row in text)) for i, header in enumerate(headers)]
     lines = ["  ".join(str(header).ljust(width) for header, width in zip(headers, widths))]
     lines.append("  ".join("-" * width for width in widths))
     lines += ["  ".join(value.ljust(width) for value, width in zip(row, widths)) for row in text]
+    return "\n".join(lines)
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?x?|nan|inf")
+
+
+def format_markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """The same table in Markdown (pipes; numbers right-aligned), to paste into the README."""
+    text = [[_cell(value) for value in row] for row in rows]
+    numeric = [bool(text) and all(_NUMBER.fullmatch(row[i]) or not row[i] for row in text)
+               for i in range(len(headers))]
+    lines = ["| " + " | ".join(str(header) for header in headers) + " |",
+             "|" + "|".join("---:" if right else "---" for right in numeric) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in text]
     return "\n".join(lines)
 
 

@@ -1,13 +1,18 @@
 """The benchmark harness's own logic (no timing here): the extractor's loop baseline agrees with the
-vectorized extractor, the install benchmark finds the README command, and the dataset tree both
-tools read keeps every image and label."""
+vectorized extractor, the install benchmark finds the README command, the dataset tree both
+tools read keeps every image and label, and the learning benchmark's clock and curve arithmetic
+(with a --quick smoke run: SmartCash alone by default, against ultralytics under `slow`)."""
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from benchmarks import bench_extractor, bench_install, workloads
+from benchmarks import bench_extractor, bench_install, bench_learning, learning_curves, workloads
 
 REPO = Path(__file__).resolve().parents[1]
 VND_SUBSET = REPO / "tests" / "data" / "vnd_subset" / "data.yaml"
@@ -58,3 +63,80 @@ def test_benchmark_dataset_tree_keeps_images_labels_and_names(tmp_path):
                 assert linked.label_path(image).read_bytes() == source.label_path(original).read_bytes()
     names = yaml.safe_load(data.data_yaml.read_text())["names"]
     assert list(names.values()) == list(source.source_names)  # ultralytics reads the same names
+
+
+def test_learning_curve_at_a_wall_time_hand_computed():
+    curve = [(10.0, 0.2), (20.0, 0.1), (40.0, 0.5)]  # (wall_s, mAP50-95) at each epoch's end
+    assert learning_curves.best_by(curve, 5.0) is None  # no epoch finished yet
+    assert learning_curves.best_by(curve, 25.0) == 0.2  # the best so far, not the latest
+    assert learning_curves.best_by(curve, 40.0) == 0.5
+    assert learning_curves.value_at(curve, 5.0) == (pytest.approx(0.1), False)  # from (0, 0) to (10, 0.2)
+    assert learning_curves.value_at(curve, 30.0) == (pytest.approx(0.3), False)  # halfway from 0.1 to 0.5
+    assert learning_curves.value_at(curve, 50.0) == (0.5, True)  # after its last epoch: held
+
+
+def test_learning_wall_clock_falls_back_to_epoch_proportions():
+    stamped = bench_learning.WatchedRun(wall_s=12.0, row_seconds=(4.0, 9.0), exact=True)
+    assert bench_learning.epoch_wall_seconds(stamped, [1.0, 1.0]) == ([4.0, 9.0], "stamped")
+    burst = bench_learning.WatchedRun(wall_s=12.0, row_seconds=(9.0, 9.0), exact=False)  # two rows in one write
+    seconds, clock = bench_learning.epoch_wall_seconds(burst, [1.0, 3.0])
+    assert clock == "proportional" and seconds == pytest.approx([3.0, 12.0])
+
+
+def test_learning_counts_only_complete_csv_rows(tmp_path):
+    path = tmp_path / "results.csv"
+    assert bench_learning.count_rows(path) == 0
+    path.write_text("epoch,time\n1,0.5\n2,0.")  # caught in the middle of an append
+    assert bench_learning.count_rows(path) == 1
+
+
+def test_ultralytics_child_refuses_the_network_at_once():
+    code = ("from benchmarks.ultralytics_train import refuse_network; refuse_network()\n"
+            "import urllib.request\n"
+            "urllib.request.urlopen('https://github.com', timeout=60)")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "network disabled" in done.stderr
+    assert time.perf_counter() - start < 20
+
+
+def _check_learning_results(path, trainers):
+    results = json.loads(path.read_text())
+    assert results["settings"]["epochs1"] == results["settings"]["epochs2"] == 1
+    assert {run["trainer"] for run in results["runs"]} == trainers
+    for run in results["runs"]:
+        rows = [row for row in results["epochs"] if row["trainer"] == run["trainer"] and row["seed"] == run["seed"]]
+        expected = 2 if run["trainer"] == "smartcash" else results["settings"]["ultra_epochs"]
+        assert [row["epoch"] for row in rows] == list(range(1, expected + 1))
+        walls = [row["wall_s"] for row in rows]
+        assert walls == sorted(walls) and 0 < walls[-1] <= run["wall_s"]
+        assert all(0.0 <= row[metric] <= 1.0 for row in rows for metric in ("mAP50", "mAP50-95"))
+    for run in results["runs"]:
+        if run["trainer"] == "smartcash":
+            phase1, phase2 = run["phases"]
+            assert phase1["wall_s"] + phase2["wall_s"] == pytest.approx(run["wall_s"])
+            second = next(row for row in results["epochs"] if row["trainer"] == "smartcash" and row["phase"] == 2)
+            assert second["wall_s"] > phase1["wall_s"]  # phase 2's clock starts where phase 1's process ended
+    return results
+
+
+def test_learning_quick_smartcash_side(tmp_path):
+    out = tmp_path / "learning.json"
+    assert bench_learning.main(["--quick", "--skip-ultralytics", "--threads", "1", "--seeds", "0",
+                                "--out", str(out)]) == 0
+    results = _check_learning_results(out, {"smartcash"})
+    assert results["summary"]["equal_wall_time"] == []
+    used = results["runs"][0]["phases"][0]["recipe_used"]
+    assert used is None or used["name"] == "scratch"  # auto without --weights: nothing pretrained to keep
+
+
+@pytest.mark.slow
+def test_learning_quick_against_ultralytics(tmp_path):
+    out = tmp_path / "learning.json"
+    assert bench_learning.main(["--quick", "--threads", "1", "--seeds", "0", "--out", str(out)]) == 0
+    results = _check_learning_results(out, {"smartcash", "ultralytics"})
+    ultralytics = next(run for run in results["runs"] if run["trainer"] == "ultralytics")
+    assert any("optimizer=auto" in line for line in ultralytics["optimizer_log"])
+    assert ultralytics["threads"] == 1
+    (equal,) = results["summary"]["equal_wall_time"]
+    assert equal["ultralytics_wall_s"] == pytest.approx(ultralytics["wall_s"])
