@@ -5,6 +5,7 @@ without mosaic, phase 2 reading phase 1's recipe)."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,31 @@ def test_default_run_from_scratch_trains_every_layer_and_closes_mosaic(tmp_path,
     assert _train(tmp_path, data_yaml, "--phase", "2", "--epochs", "1", "--name", "s") == 0
     used2 = read_yaml(tmp_path / "runs/train/s/phase2/args.yaml")["recipe_used"]
     assert used2["name"] == "scratch" and "phase 1 trained with recipe scratch" in used2["reason"]
+
+
+def test_transfer_from_another_dataset_keeps_the_backbone_bit_identical(tmp_path, data_yaml) -> None:
+    """--weights of a checkpoint trained on other classes: auto picks finetune, phase 1 leaves the
+    loaded backbone exactly as loaded (weights and BatchNorm statistics), the head is re-made."""
+    assert _train(tmp_path, data_yaml, "--epochs", "1", "--name", "source") == 0
+    source = tmp_path / "runs/train/source/phase1/weights/best.pt"
+    # The same images under 3 other class names: a dataset of another taxonomy (identity map).
+    root = tmp_path / "other"
+    shutil.copytree(Path(data_yaml).parent, root)
+    other = root / "other.yaml"
+    config = read_yaml(data_yaml)
+    other.write_text(f"train: {root / str(config['train'])}\nval: {root / str(config['val'])}\n"
+                     "names: [a, b, c]\nclass_map: {}\n")
+    labels = sorted((root / "labels").rglob("*.txt"))
+    for label in labels:  # class ids into 0..2
+        lines = [line.split() for line in label.read_text().splitlines() if line.strip()]
+        label.write_text("".join(f"{int(p[0]) % 3} {' '.join(p[1:])}\n" for p in lines))
+    for cache in root.rglob("*.cache"):
+        cache.unlink()
+    assert _train(tmp_path, str(other), "--epochs", "2", "--name", "target", "--weights", str(source)) == 0
+    target = torch.load(tmp_path / "runs/train/target/phase1/weights/last.pt", weights_only=True)
+    assert target["recipe"]["name"] == "finetune" and "pretrained backbone" in target["recipe"]["reason"]
+    loaded = torch.load(source, weights_only=True)["ema"]
+    for key in ("model", "ema"):
+        backbone = {k: v for k, v in target[key].items() if k.startswith("backbone.")}
+        assert backbone and all(torch.equal(value, loaded[k]) for k, value in backbone.items()), key
+    assert target["model"]["detect.convs.0.weight"].shape[0] == 3 * (5 + 3)  # head re-made for 3 classes
