@@ -39,7 +39,10 @@ def checkpoint(tmp_path_factory) -> Path:
     head: predictions made from it instead of the EMA weights would not match."""
     root = tmp_path_factory.mktemp("train")
     data_yaml = ensure_synthetic_dataset(root=root / "synthetic", num_train=8, num_val=4, imgsz=IMGSZ)
-    (root / "tiny.yaml").write_text("plots: false\nwarmup_epochs: 0.5\n")
+    # precise_bn_images 0: statistics from 8 images of 64 px scale some channels up ~30x, and under
+    # the re-drawn std-1 head the logits then grow until float32 summation order alone moves
+    # scores by ~1e-3; the 1e-4 export checks below are about the graph, not such magnitudes.
+    (root / "tiny.yaml").write_text("plots: false\nwarmup_epochs: 0.5\nprecise_bn_images: 0\n")
     assert train_main(["--data", str(data_yaml), "--imgsz", str(IMGSZ), "--batch", "4", "--workers", "0",
                        "--device", "cpu", "--epochs", "1", "--project", str(root / "runs"), "--name", "tiny",
                        "--config", str(root / "tiny.yaml")]) == 0
