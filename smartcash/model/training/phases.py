@@ -98,7 +98,7 @@ def enter_phase(phase: int, model: nn.Module, config: TrainConfig, recipe: Phase
     optimizer = build_optimizer(groups, config.beta1, config.beta2)
     warmup_epochs = recipe.warmup_epochs if config.warmup_epochs is None else config.warmup_epochs
     nominal_batch = recipe.nominal_batch if config.nominal_batch is None else config.nominal_batch
-    warmup = round(warmup_epochs * batches_per_epoch)
+    warmup = round(min(warmup_epochs, recipe.warmup_max_fraction * config.epochs) * batches_per_epoch)
     schedule = WarmupCosineSchedule(
         epochs=config.epochs, warmup_iterations=max(warmup, 1) if warmup_epochs > 0 else 0,
         final_fraction=config.final_lr_fraction, warmup_bias_factor=recipe.warmup_bias_factor,

@@ -32,6 +32,8 @@ class PhaseRecipe:
         head_lr: LR of the neck + head (+ EfficientNet adapters).
         backbone_lr: LR of the backbone (ignored while frozen).
         warmup_epochs: epochs of linear warm-up (LRs from 0, biases down to theirs, beta1 up).
+        warmup_max_fraction: the warm-up never takes more than this fraction of the phase (a short
+            phase over a large dataset would otherwise spend most of itself warming up).
         warmup_bias_factor: biases start the warm-up at this multiple of their own LR (<= 10).
         warmup_accumulate: gradient accumulation ramps from 1 batch to ``nominal_batch`` images
             over the warm-up (more, smaller steps while the model is far from anything).
@@ -48,6 +50,7 @@ class PhaseRecipe:
     head_lr: float
     backbone_lr: float
     warmup_epochs: float
+    warmup_max_fraction: float
     warmup_bias_factor: float
     warmup_accumulate: bool
     nominal_batch: int
@@ -113,6 +116,7 @@ def _phase_recipe(values: Any, where: str) -> PhaseRecipe:
         recipe = PhaseRecipe(
             freeze_backbone=bool(values["freeze_backbone"]), head_lr=float(values["head_lr"]),
             backbone_lr=float(values["backbone_lr"]), warmup_epochs=float(values["warmup_epochs"]),
+            warmup_max_fraction=float(values["warmup_max_fraction"]),
             warmup_bias_factor=float(values["warmup_bias_factor"]),
             warmup_accumulate=bool(values["warmup_accumulate"]), nominal_batch=int(values["nominal_batch"]),
             close_mosaic=int(values["close_mosaic"]), loss_gains=gains,
@@ -123,6 +127,7 @@ def _phase_recipe(values: Any, where: str) -> PhaseRecipe:
         (recipe.head_lr > 0, "head_lr must be > 0"),
         (recipe.freeze_backbone or recipe.backbone_lr > 0, "backbone_lr must be > 0 when the backbone trains"),
         (recipe.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+        (0 < recipe.warmup_max_fraction <= 1, "warmup_max_fraction must be in (0, 1]"),
         (0 <= recipe.warmup_bias_factor <= MAX_WARMUP_BIAS_FACTOR,
          f"warmup_bias_factor must be in [0, {MAX_WARMUP_BIAS_FACTOR:g}] (a bias warm-up far above a "
          "group's own LR scrambles what it starts from)"),
