@@ -189,3 +189,11 @@ def test_load_pretrained_errors(tmp_path, yolov5n: nn.Module) -> None:
     torch.save(nn.Linear(2, 2), pickled)
     with pytest.raises(WeightsError, match="none of its 2 tensors fit"):
         load_pretrained(yolov5n, pickled)
+
+
+def test_efficientnet_backbone_keeps_imagenet_batchnorm_eps() -> None:
+    """ImageNet EfficientNet-B4 weights were trained with eps 1e-5; YOLOv5's 1e-3 is for the rest."""
+    model = build_model("efficientnet_b4", 17)
+    norms = lambda module: {m.eps for m in module.modules() if isinstance(m, nn.BatchNorm2d)}  # noqa: E731
+    assert norms(model.backbone) == {1e-5}
+    assert norms(model.neck) == {1e-3}

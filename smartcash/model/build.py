@@ -219,14 +219,19 @@ class Detector(nn.Module):
 
 
 def _initialize(model: nn.Module) -> None:
-    """YOLOv5's initialize_weights: BatchNorm eps 1e-3, momentum 0.03.
+    """YOLOv5's initialize_weights: BatchNorm eps 1e-3, momentum 0.03, except in an EfficientNet
+    backbone, which keeps torchvision's eps (1e-5): the ImageNet weights (torchvision's and timm's
+    efficientnet_b4) were trained with it, and a different eps changes what their layers compute.
 
     (YOLOv5 also makes activations in-place; ultralytics' Conv shares one class-level SiLU, so
     changing it here would leak into every other ultralytics model in the process.)
     """
+    keep_eps = {id(m) for m in model.backbone.modules()} if isinstance(model.backbone, EfficientNetBackbone) else set()
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
-            module.eps, module.momentum = 1e-3, 0.03
+            module.momentum = 0.03
+            if id(module) not in keep_eps:
+                module.eps = 1e-3
 
 
 def build_model(name: str, num_classes: int, anchors: Any = None) -> Detector:
