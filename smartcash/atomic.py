@@ -35,6 +35,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb",
     descriptor, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                              dir=target.parent)
     try:
+        if hasattr(os, "fchmod"):  # POSIX: mkstemp made it 0600; give it the mode open() would
+            os.fchmod(descriptor, _mode_for(target))
         with os.fdopen(descriptor, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as handle:
             yield handle
             handle.flush()
@@ -60,6 +62,28 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     """Write ``text`` to ``path`` atomically."""
     with atomic_open(path, "w", encoding=encoding) as handle:
         handle.write(text)
+
+
+def _mode_for(target: Path) -> int:
+    """The permission bits of a rewrite: the existing file's, else 0666 less the umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be: setting it to read it is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass  # no /proc (macOS, BSD): the set-and-restore below
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

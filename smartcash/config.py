@@ -19,11 +19,15 @@ from typing import Any
 import yaml
 
 from smartcash.atomic import atomic_write_text
+from smartcash.model.training.records import RESULTS_COLUMNS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 MODELS = ("yolov5n", "yolov5s", "efficientnet_b4")
 #: Flags a ``--resume`` may change; everything else comes from the interrupted run's config.
 RESUME_OVERRIDES = ("device", "workers", "threads", "epochs", "patience")
+#: What early stopping may track: fitness, and the results.csv columns of metrics and losses.
+EARLY_STOP_METRICS = ("fitness", *(column for column in RESULTS_COLUMNS
+                                   if column.startswith(("metrics/", "val/", "train/"))))
 
 
 class ConfigError(ValueError):
@@ -142,7 +146,9 @@ def build_config(argv: list[str] | None = None) -> TrainConfig:
         values.update(override)
     values.update({key: value for key, value in args.items() if value is not None})
     source = f"{user_yaml or DEFAULT_CONFIG} + command line"
-    values["device"] = resolve_device(str(values.get("device") or ""), source)
+    # One parser for the flag and the YAML: `device: 0` in a YAML is an int, and means GPU 0.
+    device = values.get("device")
+    values["device"] = resolve_device("" if device is None else str(device), source)
     if values.get("imgsz") is None:
         values["imgsz"] = 640 if values["device"].startswith("cuda") else 320
     if values.get("threads") is None:
@@ -191,6 +197,10 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as error:
         raise ConfigError(f"{path}: config file not found") from error
+    except IsADirectoryError as error:
+        raise ConfigError(f"{path}: is a folder; --config takes a YAML file") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the config file ({error})") from error
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -267,8 +277,9 @@ def _validate(config: TrainConfig, source: str) -> None:
         fail("final_lr_fraction", "must be in (0, 1]")
     if not config.name or Path(config.name).name != config.name or config.name in (".", ".."):
         fail("name", "must be a plain folder name (no '/')")
-    if not config.early_stop_metric:
-        fail("early_stop_metric", "must name 'fitness' or a results.csv column")
+    if config.early_stop_metric not in EARLY_STOP_METRICS:
+        fail("early_stop_metric", f"must be one of {', '.join(EARLY_STOP_METRICS)} (results.csv columns; "
+             "losses are lower-is-better)")
     for key in ("data", "weights"):
         path = getattr(config, key)
         if path is not None and not Path(path).is_file():

@@ -8,11 +8,15 @@ NMS is left to the caller). The batch axis is dynamic unless ``--no-dynamic``. C
 17 -> 8 map travel in the model's metadata.
 
 onnx and onnxruntime are optional (the ``dev`` extra) and imported only here, when needed.
+The file is written once, atomically, after the checks; it never replaces the checkpoint it was
+made from, nor any other checkpoint. Exit codes (``smartcash.cli``): 0 done, 1 the export or its
+check failed, 2 bad flags or weights (or onnx missing), 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -76,11 +80,13 @@ def export_onnx(model: Any, path: str | os.PathLike[str], imgsz: int, opset: int
     onnx = require_onnx()
     import torch
 
+    from smartcash.atomic import atomic_open
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _decoded_only(model.cpu().eval())
     sample = torch.zeros(1, 3, imgsz, imgsz)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    buffer = io.BytesIO()  # the file is written once, atomically, after every check passed
     with warnings.catch_warnings(), torch.no_grad():
         # The legacy TorchScript exporter (dynamo=False) needs torch alone and handles the dynamic
         # batch axis reliably; the dynamo exporter (torch's default since 2.9) needs onnxscript,
@@ -88,10 +94,14 @@ def export_onnx(model: Any, path: str | os.PathLike[str], imgsz: int, opset: int
         # warnings about the Python-level input-size check in Detector.forward, are expected.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(wrapper, (sample,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
-                          do_constant_folding=True)
-    proto = onnx.load(str(path))
+        try:
+            torch.onnx.export(wrapper, (sample,), buffer, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                              do_constant_folding=True)
+        except (RuntimeError, ValueError, TypeError) as error:  # torch.onnx's errors derive from these
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ExportError(f"torch.onnx.export failed at opset {opset}: {first_line}") from error
+    proto = onnx.load_from_string(buffer.getvalue())
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -99,7 +109,8 @@ def export_onnx(model: Any, path: str | os.PathLike[str], imgsz: int, opset: int
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as error:
         raise ExportError(f"{path}: onnx.checker rejected the exported model ({error})") from error
-    onnx.save(proto, str(path))
+    with atomic_open(path, "wb") as handle:
+        handle.write(proto.SerializeToString())
     return path
 
 
@@ -136,24 +147,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def supported_opsets() -> range:
+    """The opsets torch's TorchScript exporter (the one used here) can write."""
+    from torch.onnx import _constants
+
+    highest = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET)
+    return range(_constants.ONNX_MIN_OPSET, highest + 1)
+
+
+def _check_arguments(args: argparse.Namespace) -> Path:
+    """The checked flags; returns the output path (default: the weights path with .onnx)."""
+    from smartcash.cli import UsageError, at_least, input_file, output_file
+
+    input_file("--weights", args.weights)
+    at_least("--imgsz", args.imgsz, 32)
+    opsets = supported_opsets()
+    if args.opset not in opsets:
+        raise UsageError(f"--opset {args.opset}: this torch exports opsets {opsets.start}..{opsets.stop - 1}")
+    output = Path(args.output) if args.output else Path(args.weights).with_suffix(".onnx")
+    return output_file("--output", output, inputs=[args.weights])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    from smartcash.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, print_error
     from smartcash.data.dataset import stride_aligned
     from smartcash.inference import checkpoint_imgsz, load_model
     from smartcash.model.training.checkpoint import CheckpointError
 
     try:
+        output = _check_arguments(args)
         require_onnx()  # fail before the slow part, with the install hint
-        if args.imgsz is not None and args.imgsz < 1:
-            raise ExportError(f"--imgsz {args.imgsz}: must be >= 1")
         model, taxonomy, checkpoint = load_model(args.weights)
-    except (CheckpointError, ExportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (CheckpointError, ExportError, UsageError) as error:
+        print_error(error)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: nothing exported", file=sys.stderr)
+        return EXIT_INTERRUPTED
     imgsz = stride_aligned(checkpoint_imgsz(checkpoint, args.imgsz))
-    output = Path(args.output) if args.output else Path(args.weights).with_suffix(".onnx")
     metadata = {"names": json.dumps(list(taxonomy.names)), "main_names": json.dumps(list(taxonomy.main_names)),
                 "fine_to_main": json.dumps(list(taxonomy.fine_to_main)), "imgsz": str(imgsz),
                 "stride": json.dumps([int(s) for s in model.stride.tolist()]),
@@ -163,14 +197,20 @@ def main(argv: list[str] | None = None) -> int:
         batch_size = 2 if args.dynamic else 1  # a batch other than the traced 1 shows the axis is dynamic
         difference = compare_with_onnxruntime(model, path, imgsz, batch_size)
     except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        print_error(error)
+        return EXIT_FAILED
+    except OSError as error:  # the output could not be written (full disk ...): nothing half-written
+        print_error(f"{error} (nothing exported)")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"interrupted: {output} not written (or left as it was)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     size_mb = path.stat().st_size / 1e6
     print(f"exported {path} ({size_mb:.1f} MB, opset {args.opset}, input {'batch' if args.dynamic else 1}x3x{imgsz}x"
           f"{imgsz}, {'dynamic' if args.dynamic else 'static'} batch)")
     if difference is not None:
         print(f"onnxruntime vs PyTorch on a random batch of {batch_size}: max abs diff {difference:.3g}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ authentication features present. Writes the images with their detections drawn, 
 ``predictions.json`` and ``predictions.csv`` (one row per detection), into the save folder
 (default ``runs/predict/exp``, ``exp2`` ...). Unreadable images are reported and skipped.
 
-Exit status: 0 when at least one image was processed, 1 when none could be, 2 for bad arguments
-(missing weights, no images found, thresholds out of range).
+Exit status (``smartcash.cli``): 0 when at least one image was processed, 1 when none could be
+(or the results could not be written), 2 for bad arguments (missing weights, no images found,
+thresholds out of range, a save folder that cannot be written), 130 on Ctrl-C (after writing the
+results of the images done so far). Images inside the save folder, or inside an earlier run's
+output (a folder holding ``predictions.json``), are never predicted.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: What a run writes into its save folder; a folder holding predictions.json is a predict output.
+RESULTS_JSON, RESULTS_CSV = "predictions.json", "predictions.csv"
 #: Columns of predictions.csv, one row per detection.
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "score", "class_id", "class_name", "main_id", "main_name")
 #: Suffixes cv2.imwrite writes back as they are; drawn images of other formats become ``name.jpg``.
@@ -64,8 +69,11 @@ def increment_dir(root: Path, name: str) -> Path:
     return candidate
 
 
-def find_images(source: str | os.PathLike[str]) -> list[Path]:
+def find_images(source: str | os.PathLike[str], save_dir: Path | None = None) -> list[Path]:
     """The image file itself, or the images under a folder (recursive, sorted).
+
+    Left out: the images under ``save_dir`` and under any folder holding a ``predictions.json``
+    (an earlier run's drawings, when the output sits inside the source).
 
     Raises:
         ArgumentsError: the path does not exist, or the folder holds no images.
@@ -77,7 +85,19 @@ def find_images(source: str | os.PathLike[str]) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ArgumentsError(f"--source {path}: no such file or folder")
-    images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    outputs = {p.parent.resolve() for p in path.rglob(RESULTS_JSON)}
+    if save_dir is not None:
+        outputs.add(save_dir.resolve())
+    images, drawn = [], 0
+    for candidate in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        folder = candidate.parent.resolve()
+        if folder in outputs or any(parent in outputs for parent in folder.parents):
+            drawn += 1
+        else:
+            images.append(candidate)
+    if drawn:
+        logger.warning("--source %s: left out %d drawn images of predict runs inside it (%s)", path, drawn,
+                       ", ".join(sorted(str(folder) for folder in outputs)))
     if not images:
         raise ArgumentsError(f"--source {path}: no images ({' '.join(sorted(IMAGE_SUFFIXES))}) found in this folder")
     return images
@@ -135,25 +155,25 @@ def write_results(save_dir: Path, predictions: Sequence[ImagePrediction], skippe
 
     document = {**settings, "images": [prediction.to_dict() for prediction in predictions],
                 "skipped": [{"path": path, "reason": reason} for path, reason in skipped]}
-    json_path, csv_path = save_dir / "predictions.json", save_dir / "predictions.csv"
+    json_path, csv_path = save_dir / RESULTS_JSON, save_dir / RESULTS_CSV
     atomic_write_text(json_path, json.dumps(document, indent=2) + "\n")
     atomic_write_text(csv_path, _csv_text(predictions))
     return json_path, csv_path
 
 
 def predict_images(predictor: Predictor, images: Sequence[Path], source: Path, save_dir: Path,
-                   batch_size: int) -> tuple[list[ImagePrediction], list[tuple[str, str]]]:
+                   batch_size: int, predictions: list[ImagePrediction], skipped: list[tuple[str, str]]) -> None:
     """Predict every image, batch by batch, writing the drawn copies into ``save_dir``.
 
-    Returns the predictions (in ``images`` order, unreadable files left out) and the
-    (path, reason) of every unreadable file, each also reported on stderr as it is met.
+    Appends to ``predictions`` (in ``images`` order, unreadable files left out) and ``skipped``
+    (path, reason of every unreadable file, each also reported on stderr as it is met), so that
+    the caller holds what was done when Ctrl-C stops it.
     """
     import cv2
     from tqdm import tqdm
 
     from smartcash.draw import draw_prediction
 
-    predictions, skipped = [], []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
             tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr) as progress:
         for batch in _batches(images, batch_size, pool):
@@ -173,19 +193,32 @@ def predict_images(predictor: Predictor, images: Sequence[Path], source: Path, s
                     tqdm.write(f"warning: could not write {target}", file=sys.stderr)
             predictions.extend(results)
             progress.update(len(batch))
-    return predictions, skipped
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
-    if not Path(args.weights).is_file():
+def _check_arguments(args: argparse.Namespace) -> Path:
+    """The checked flags; returns the save folder (not made yet)."""
+    from smartcash.cli import at_least, in_range, input_file, writable_folder
+
+    if not Path(args.weights).exists():
         raise ArgumentsError(f"--weights {args.weights}: no such file (a .pt written by smartcash.train)")
-    if not 0.0 <= args.conf < 1.0:
-        raise ArgumentsError(f"--conf {args.conf}: must be in [0, 1)")
-    if not 0.0 < args.iou <= 1.0:
-        raise ArgumentsError(f"--iou {args.iou}: must be in (0, 1]")
-    for flag, value in (("--max-det", args.max_det), ("--batch", args.batch), ("--imgsz", args.imgsz or 1)):
-        if value < 1:
-            raise ArgumentsError(f"{flag} {value}: must be >= 1")
+    input_file("--weights", args.weights)  # a folder, or unreadable
+    in_range("--conf", args.conf, 0.0, 1.0, high_open=True)
+    in_range("--iou", args.iou, 0.0, 1.0, low_open=True)
+    for flag, value in (("--max-det", args.max_det), ("--batch", args.batch)):
+        at_least(flag, value, 1)
+    at_least("--imgsz", args.imgsz, 32)
+    save_dir = Path(args.save_dir) if args.save_dir else increment_dir(Path(args.project) / "predict", args.name)
+    if save_dir.is_file():
+        raise ArgumentsError(f"--save-dir {save_dir}: is a file; give a folder")
+    source = Path(args.source)
+    if save_dir.resolve() == (source if source.is_dir() else source.parent).resolve():
+        raise ArgumentsError(f"--save-dir {save_dir} is the source folder: the drawn images would replace the "
+                             "originals")
+    if save_dir.is_dir() and any(save_dir.iterdir()) and not (save_dir / RESULTS_JSON).is_file():
+        raise ArgumentsError(f"--save-dir {save_dir}: holds other files, which drawn images could replace; give "
+                             "a new or empty folder (or an earlier predict output)")
+    writable_folder("--save-dir", save_dir)
+    return save_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,38 +227,51 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     import torch
 
+    from smartcash.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, print_error
     from smartcash.config import ConfigError, resolve_device
     from smartcash.inference import Predictor, checkpoint_imgsz, load_model
     from smartcash.model.training.checkpoint import CheckpointError
 
     try:
-        _check_arguments(args)
-        images = find_images(args.source)
+        save_dir = _check_arguments(args)
+        images = find_images(args.source, save_dir)
         device = torch.device(resolve_device(args.device, "--device"))
         model, taxonomy, checkpoint = load_model(args.weights)
         predictor = Predictor(model, taxonomy, checkpoint_imgsz(checkpoint, args.imgsz), device,
                               args.conf, args.iou, args.max_det)
-    except (ArgumentsError, CheckpointError, ConfigError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (ArgumentsError, CheckpointError, ConfigError, UsageError, ValueError) as error:
+        print_error(error)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: nothing predicted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     source = Path(args.source)
-    save_dir = Path(args.save_dir) if args.save_dir else increment_dir(Path(args.project) / "predict", args.name)
-    if save_dir.resolve() == (source if source.is_dir() else source.parent).resolve():
-        print(f"error: --save-dir {save_dir} is the source folder: the drawn images would replace the originals",
-              file=sys.stderr)
-        return 2
-    save_dir.mkdir(parents=True, exist_ok=True)
-    predictions, skipped = predict_images(predictor, images, source, save_dir, args.batch)
+    predictions: list[ImagePrediction] = []
+    skipped: list[tuple[str, str]] = []
+    interrupted = False
     settings = {"weights": str(args.weights), "source": str(source), "imgsz": predictor.imgsz, "conf": args.conf,
                 "iou": args.iou, "max_det": args.max_det}
-    json_path, csv_path = write_results(save_dir, predictions, skipped, settings)
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            predict_images(predictor, images, source, save_dir, args.batch, predictions, skipped)
+        except KeyboardInterrupt:  # keep what is done: the results of the images predicted so far
+            interrupted = True
+        json_path, csv_path = write_results(save_dir, predictions, skipped, settings)
+    except OSError as error:  # the save folder filled up or went away: the error names the file
+        print_error(f"{error} (predictions not saved)")
+        return EXIT_FAILED
     num_detections = sum(len(prediction.detections) for prediction in predictions)
     print(f"{len(predictions)} images, {num_detections} detections, {len(skipped)} skipped -> {save_dir} "
           f"({json_path.name}, {csv_path.name})")
+    if interrupted:
+        print(f"interrupted: {len(predictions) + len(skipped)} of {len(images)} images done; their results are in "
+              f"{json_path}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not predictions:
-        print(f"error: none of the {len(images)} images under {source} could be read", file=sys.stderr)
-        return 1
-    return 0
+        print_error(f"none of the {len(images)} images under {source} could be read")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from smartcash.cli import EXIT_USAGE, print_error
 from smartcash.model.training.registry import ModelRegistry, RegistryError
 
 SHOWN_METRICS = ("metrics/mAP50", "metrics/mAP50-95", "fitness")
@@ -57,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{entry.id}  {args.metric}={_value(value)}  {entry.weights}")
         return 0
     except RegistryError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        print_error(error)
+        return EXIT_USAGE
+    except OSError as error:  # a folder or an unreadable file where the registry should be
+        print_error(f"{error} (--registry must name a registry file)")
+        return EXIT_USAGE
 
 
 def _value(value: object) -> str:

@@ -1,19 +1,25 @@
 """``python -m smartcash.train --phase {1,2}``: two-phase training (also under ``torchrun``).
 
-Exit codes: 0 done, 1 training stopped on an error (non-finite loss, bad checkpoint or weights,
-data, a failed write such as a full disk), 2 bad configuration, 130 interrupted with Ctrl-C
-(``last.pt`` saved; continue with --resume).
+Exit codes (``smartcash.cli``): 0 done, 1 training stopped on an error (non-finite loss, bad
+checkpoint or weights, data, a failed write such as a full disk), 2 bad configuration or a run
+folder in use by another run, 130 interrupted with Ctrl-C, 143 stopped by SIGTERM (both: ``last.pt``
+and ``results.csv`` saved; continue with --resume).
 Under ``torchrun --nproc_per_node N`` (WORLD_SIZE > 1) the process group is initialised from the
 environment: nccl on CUDA, gloo on CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
+from smartcash.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, print_error
 from smartcash.config import RESUME_OVERRIDES, ConfigError, TrainConfig, build_config, build_parser
 
 logger = logging.getLogger("smartcash.train")
@@ -21,16 +27,56 @@ logger = logging.getLogger("smartcash.train")
 
 def resume_config(cli: TrainConfig, explicit: set[str]) -> TrainConfig:
     """The interrupted run's config (from its ``last.pt``), with the few flags a resume may change."""
-    from smartcash.model.training.checkpoint import load_checkpoint
+    from smartcash.model.training.checkpoint import CheckpointError, load_checkpoint
 
     path = cli.run_dir / "weights" / "last.pt"
     hint = "nothing to resume: start without --resume"
-    saved = dict(load_checkpoint(path, what="checkpoint to resume", hint=hint)["config"])
+    state = load_checkpoint(path, what="checkpoint to resume", hint=hint)
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: holds no training config; it cannot be resumed")
+    if int(saved.get("phase", cli.phase)) != cli.phase:
+        raise CheckpointError(f"{path}: is a phase {saved['phase']} checkpoint in a phase{cli.phase} folder; "
+                              f"resume with --phase {saved['phase']}")
     changed = {key: getattr(cli, key) for key in RESUME_OVERRIDES if key in explicit}
     ignored = sorted(explicit - set(RESUME_OVERRIDES) - {"resume", "phase", "name", "project", "config"})
     if ignored:
         logger.warning("--resume continues %s with its saved settings; ignoring %s", path, ", ".join(ignored))
-    return TrainConfig.from_dict({**saved, **changed, "resume": True}, source=f"{path} (config)")
+    # The run continues in the folder the user named, even when it was copied or moved there:
+    # the saved project/name would point back at the run it was copied from.
+    here = {"project": cli.project, "name": cli.name, "phase": cli.phase}
+    if (saved.get("project"), saved.get("name")) != (cli.project, cli.name):
+        logger.info("--resume: %s was saved as %s/train/%s; continuing it where it is now", path,
+                    saved.get("project"), saved.get("name"))
+    return TrainConfig.from_dict({**saved, **changed, **here, "resume": True}, source=f"{path} (config)")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: handled as an interrupt (exit 143 instead of 130)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler, ``kill``, torchrun) stops training the way Ctrl-C does: ``last.pt`` and
+    ``results.csv`` are written and the loader workers shut down. A second SIGTERM kills at once.
+    The previous handler is restored afterwards (tests call ``main`` in-process)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.getpid() != owner:  # a forked loader worker: die the default way
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _init_distributed(config: TrainConfig):
@@ -77,32 +123,41 @@ def main(argv: list[str] | None = None) -> int:
             explicit = {key for key, value in vars(build_parser().parse_args(args)).items() if value is not None}
             config = resume_config(config, explicit)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        print_error(error)
+        return EXIT_USAGE
     except CheckpointError as error:  # --resume: last.pt missing, unreadable or refused
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        print_error(error)
+        return EXIT_FAILED
 
     from smartcash.data.errors import DatasetError
+    from smartcash.model.training.registry import RegistryError
+    from smartcash.model.training.run_lock import RunFolderBusyError
     from smartcash.model.training.trainer import NonFiniteLossError, Trainer
     from smartcash.model.weights import WeightsError
 
     distributed = _init_distributed(config)
     try:
-        config = _resolve_data(config, distributed.is_main, distributed.world_size)
-        result = Trainer(config, distributed).train()
-    except KeyboardInterrupt:
-        print(f"interrupted: {config.run_dir / 'weights' / 'last.pt'} saved; continue with "
-              f"`python -m smartcash.train --phase {config.phase} --name {config.name} --resume`",
+        with sigterm_as_interrupt():
+            config = _resolve_data(config, distributed.is_main, distributed.world_size)
+            result = Trainer(config, distributed).train()
+    except KeyboardInterrupt as interrupt:
+        last = config.run_dir / "weights" / "last.pt"
+        how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        saved = f"{last} saved; continue with" if last.is_file() else "nothing saved yet; start again with"
+        resume = " --resume" if last.is_file() else ""
+        print(f"{how}: {saved} `python -m smartcash.train --phase {config.phase} --name {config.name}{resume}`",
               file=sys.stderr)
-        return 130
-    except (NonFiniteLossError, CheckpointError, ConfigError, DatasetError, WeightsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+    except RunFolderBusyError as error:  # another run of this name and phase is training
+        print_error(error)
+        return EXIT_USAGE
+    except (NonFiniteLossError, CheckpointError, ConfigError, DatasetError, RegistryError, WeightsError) as error:
+        print_error(error)
+        return EXIT_FAILED
     except OSError as error:  # e.g. disk full while writing a checkpoint: the error names the file
-        print(f"error: {error} (training stopped; files written before it are intact: fix the cause, "
-              "then continue with --resume)", file=sys.stderr)
-        return 1
+        print_error(f"{error} (training stopped; files written before it are intact: fix the cause, "
+                    "then continue with --resume)")
+        return EXIT_FAILED
     finally:
         if distributed.world_size > 1:
             import torch.distributed
@@ -113,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"phase {config.phase} done: {result.epochs_completed} epochs"
               f"{' (early stop)' if result.stopped_early else ''}; best {config.early_stop_metric} "
               f"{result.best_value:.4f} at epoch {result.best_epoch}; weights {result.best_weights}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

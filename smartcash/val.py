@@ -2,7 +2,9 @@
 save plots and optionally the full result as JSON.
 
 The checkpoint is loaded with ``torch.load(weights_only=True)`` (data, never code); its EMA weights
-are used when present, as YOLOv5 does.
+are used when present, as YOLOv5 does. The dataset's classes are mapped by name onto the
+checkpoint's and must be the same. Exit codes (``smartcash.cli``): 0 done, 1 a result file could
+not be written, 2 bad flags, weights or dataset, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -71,15 +73,47 @@ def class_table(map_result: Any, names: tuple[str, ...], images_per_class: np.nd
     return "\n".join(lines)
 
 
-def _resolve_data(argument: str | None, checkpoint: dict[str, Any]) -> Path:
+def _resolve_data(argument: str | None, checkpoint: dict[str, Any], weights: str) -> Path:
+    """``--data``, else the dataset the checkpoint trained on; the synthetic set only when that was
+    the built-in one (regenerated if its cache was cleared) or the checkpoint names none."""
+    from smartcash.cli import UsageError
+    from smartcash.data.synthetic import default_cache_dir, ensure_synthetic_dataset
+
     if argument:
         return Path(argument)
     saved = (checkpoint.get("config") or {}).get("data")
     if saved and Path(saved).is_file():
         return Path(saved)
-    from smartcash.data.synthetic import ensure_synthetic_dataset
-
+    if saved and Path(saved).resolve().parent.parent != default_cache_dir().resolve():
+        raise UsageError(f"{weights} was trained on {saved}, which no longer exists; pass --data with "
+                         "that dataset's yaml (the built-in synthetic set would give other numbers)")
     return ensure_synthetic_dataset()
+
+
+def _check_class_names(data: Path, dataset_names: tuple[str, ...], model_names: tuple[str, ...],
+                       weights: str) -> None:
+    """The dataset's classes (after mapping by name) must be the checkpoint's, in its order."""
+    from smartcash.cli import UsageError
+
+    if dataset_names != model_names:
+        raise UsageError(f"{data}: its classes {list(dataset_names)} are not the classes {weights} was trained on "
+                         f"{list(model_names)}; evaluate with that dataset, or map the names with a class_map in "
+                         "the yaml")
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    from smartcash.cli import at_least, in_range, input_file, output_file
+
+    input_file("--weights", args.weights)
+    at_least("--batch", args.batch, 1)
+    at_least("--workers", args.workers, 0)
+    at_least("--imgsz", args.imgsz, 32)
+    at_least("--precise-bn", args.precise_bn, 0)
+    at_least("--progress-interval", args.progress_interval, 1)
+    in_range("--conf", args.conf, 0.0, 1.0, high_open=True)
+    in_range("--iou", args.iou, 0.0, 1.0, low_open=True)
+    if args.json:
+        output_file("--json", args.json, inputs=[args.weights, *([args.data] if args.data else [])])
 
 
 def _precise_bn(model: Any, dataset: Any, imgsz: int, args: argparse.Namespace, checkpoint: dict[str, Any],
@@ -104,8 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    from smartcash.cli import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, print_error
+
+    try:
+        return _validate(args)
+    except UsageError as error:
+        print_error(error)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: validation stopped, nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _validate(args: argparse.Namespace) -> int:
     import torch
 
+    from smartcash.atomic import atomic_write_text
+    from smartcash.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_error
     from smartcash.config import ConfigError, resolve_device
     from smartcash.data.dataset_config import load_dataset_config
     from smartcash.data.errors import DatasetError
@@ -114,27 +163,28 @@ def main(argv: list[str] | None = None) -> int:
     from smartcash.model.training.checkpoint import CheckpointError
     from smartcash.model.training.core.validation_executor import ValidationExecutor
 
+    _check_arguments(args)
     try:
         device = torch.device(resolve_device(args.device, "--device"))
         model, taxonomy, checkpoint = load_model(args.weights)
-        data = _resolve_data(args.data, checkpoint)
-        dataset = load_dataset_config(data, taxonomy=taxonomy if taxonomy.is_smartcash else None)
+        data = _resolve_data(args.data, checkpoint, args.weights)
+        dataset = load_dataset_config(data, taxonomy=taxonomy)
+        _check_class_names(data, dataset.taxonomy.names, taxonomy.names, args.weights)
         imgsz = checkpoint_imgsz(checkpoint, args.imgsz)
         loader = build_dataloader(dataset, args.split, imgsz, args.batch, workers=args.workers)
     except (CheckpointError, ConfigError, DatasetError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        print_error(error)
+        return EXIT_USAGE
     if dataset.taxonomy.num_classes != model.num_classes:
-        print(f"error: {data} has {dataset.taxonomy.num_classes} classes, the model predicts {model.num_classes}",
-              file=sys.stderr)
-        return 2
+        print_error(f"{data} has {dataset.taxonomy.num_classes} classes, the model predicts {model.num_classes}")
+        return EXIT_USAGE
     model.to(device)
     if args.precise_bn > 0:
         try:
             _precise_bn(model, dataset, imgsz, args, checkpoint, device)
         except DatasetError as error:
-            print(f"error: --precise-bn needs the training split: {error}", file=sys.stderr)
-            return 2
+            print_error(f"--precise-bn needs the training split: {error}")
+            return EXIT_USAGE
     executor = ValidationExecutor(taxonomy, mode=args.mode, conf_threshold=args.conf, iou_threshold=args.iou,
                                   progress_interval=args.progress_interval)
     result = executor.run(model, loader, device)
@@ -147,18 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     denomination = result.classification.denomination
     print(f"\nDenomination (per image): accuracy {denomination.accuracy:.3f}, precision {denomination.precision:.3f}, "
           f"recall {denomination.recall:.3f}, F1 {denomination.f1:.3f}; fitness {result.fitness:.4f}")
-    if not args.no_plots:
-        from smartcash.plots import plot_validation
+    try:
+        if not args.no_plots:
+            from smartcash.plots import plot_validation
 
-        directory = run_directory(Path(args.weights), args.split, args.project, args.name)
-        paths = plot_validation(result, directory, taxonomy)
-        print(f"plots: {', '.join(str(path) for path in paths)}")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-        print(f"result: {path}")
-    return 0
+            directory = run_directory(Path(args.weights), args.split, args.project, args.name)
+            paths = plot_validation(result, directory, taxonomy)
+            print(f"plots: {', '.join(str(path) for path in paths)}")
+        if args.json:
+            atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+            print(f"result: {args.json}")
+    except OSError as error:  # a full disk, a folder removed meanwhile: the error names the file
+        print_error(f"{error} (the metrics above were computed; that file was not written)")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from smartcash.cli import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, at_least, print_error
 from smartcash.data.checks import DatasetReport, SplitReport, check_dataset
 from smartcash.data.dataset_config import SPLITS
 
@@ -60,12 +61,22 @@ def format_report(report: DatasetReport, max_report: int = 50) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    try:
+        at_least("--workers", args.workers, 1)
+        at_least("--max-report", args.max_report, 0)
+    except UsageError as error:
+        print_error(error)
+        return EXIT_USAGE
     data = args.data
-    if data is None:
-        from smartcash.data.synthetic import ensure_synthetic_dataset  # lazy: generates on first use
+    try:
+        if data is None:
+            from smartcash.data.synthetic import ensure_synthetic_dataset  # lazy: generates on first use
 
-        data = ensure_synthetic_dataset()
-    report = check_dataset(data, tuple(args.split) if args.split else None, args.workers)
+            data = ensure_synthetic_dataset()
+        report = check_dataset(data, tuple(args.split) if args.split else None, args.workers)
+    except KeyboardInterrupt:
+        print("interrupted: nothing checked", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(format_report(report, args.max_report))
     return 0 if report.ok else 1
 

@@ -116,6 +116,16 @@ def _orphan_labels(config: DatasetConfig, split: str, images: list[Path]) -> lis
                     " add the image or delete the label)", LABEL_WITHOUT_IMAGE) for p in orphans]
 
 
+def no_boxes_reason(config: DatasetConfig, report: SplitReport) -> str:
+    """Why a split whose usable images hold not one box cannot train ('' when some box exists)."""
+    if not report.samples or any(len(sample.boxes) for sample in report.samples):
+        return ""
+    folders = sorted({str(config.label_path(sample.image).parent) for sample in report.samples})
+    return (f"{report.split} split has no boxes: its {len(report.samples)} usable images are all backgrounds"
+            f" ({report.num_labels} label files found; labels are read from {', '.join(folders[:3])}): check"
+            " that the labels sit in labels/ next to images/, with the images' file stems")
+
+
 def default_workers() -> int:
     """Threads for the scan: image header checks release the GIL."""
     return min(16, 4 * (os.cpu_count() or 1))
@@ -179,4 +189,6 @@ def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None =
             entries = ", ".join(config.split_sources(split).entries)
             config_problems.append(Problem(str(config.path), 0, f"{split} split has no images (in {entries})",
                                            CONFIG_PROBLEM))
+        elif split == "train" and no_boxes_reason(config, report):  # ... and one with no boxes
+            config_problems.append(Problem(str(config.path), 0, no_boxes_reason(config, report), CONFIG_PROBLEM))
     return DatasetReport(str(data), config, tuple(reports), tuple(config_problems), tuple(notes))

@@ -88,7 +88,8 @@ class YoloDataset(Dataset):
         augment: mosaic + affine + colour + blur (training); else letterbox only.
         hyp: AugmentConfig or a hyp dict (augmentation keys are read, others ignored).
         seed: seed of the augmentation streams (the loader reseeds per worker).
-        report: a scan to use; default the cached scan (``label_cache.load_split_report``).
+        report: a scan to use (its skipped images were reported by whoever made it); default the
+            cached scan (``label_cache.load_split_report``), whose skipped images are reported here.
         use_cache: False to scan without reading or writing the label cache.
     """
 
@@ -99,6 +100,7 @@ class YoloDataset(Dataset):
         self.imgsz = stride_aligned(imgsz)
         if self.imgsz != imgsz:
             logger.warning("imgsz %d is not a multiple of %d: using %d", imgsz, STRIDE, self.imgsz)
+        scanned_here = report is None
         if report is None:
             if use_cache:
                 from smartcash.data.label_cache import load_split_report
@@ -107,7 +109,7 @@ class YoloDataset(Dataset):
             else:
                 report = scan_split(config, split)
         self.report = report
-        if report.num_skipped:
+        if report.num_skipped and scanned_here:  # one summary warning per scan, not per dataset object
             kinds = ", ".join(f"{k}: {n}" for k, n in report.problems_by_kind().items())
             logger.warning("%s %s: skipped %d of %d images with problems (%s); list them with "
                            "`python -m smartcash.data.check --data %s --split %s`", config.path, split,

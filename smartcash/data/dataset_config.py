@@ -102,7 +102,7 @@ def _resolve(entry: str, root: Path, yaml_dir: Path) -> Path | None:
     path = Path(os.path.expanduser(entry))
     direct = path if path.is_absolute() else root / path
     if direct.exists():
-        return direct.resolve()
+        return _absolute(direct)
     # An export made elsewhere: keep the longest trailing part that exists here. At least two
     # components (`train/images`), so `.../test/images` never falls back to a bare `images/`.
     parts = [p for p in path.parts if p not in (path.anchor, "..", ".")]
@@ -111,8 +111,14 @@ def _resolve(entry: str, root: Path, yaml_dir: Path) -> Path | None:
             candidate = base.joinpath(*parts[start:])
             if candidate.exists():
                 logger.info("%s: not found, using %s", entry, candidate)
-                return candidate.resolve()
+                return _absolute(candidate)
     return None
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute, without following symlinks: a linked ``images/train`` keeps its place in the
+    layout, so its labels are still looked up in the sibling ``labels/train``."""
+    return Path(os.path.abspath(path))
 
 
 def _names(data: dict[str, Any], where: str) -> tuple[str, ...]:

@@ -5,8 +5,10 @@ Crowd annotations (``iscrowd: 1``) are skipped and counted, as YOLOv5 does. Bad 
 (unknown image or category, malformed or empty bbox, box outside the image) and bad images
 (missing on disk, unreadable, another aspect ratio than declared) are reported as
 ``file: annotations[i] (id N): reason`` or ``file: images[i] (id N): reason`` and skipped.
-Images with no annotation are kept as backgrounds. Boxes up to 1 px outside the image are
-clipped. Writes a YOLO layout + data.yaml.
+Images with no annotation are kept as backgrounds; an image whose annotations were ALL skipped is
+left out (reported), not made a background. An annotation without a ``bbox`` gets the extent of
+its polygon ``segmentation``. Boxes up to 1 px outside the image are clipped. Writes a YOLO
+layout + data.yaml.
 
     python -m smartcash.data.import_coco --json FILE --images DIR --out DIR
 """
@@ -14,6 +16,7 @@ clipped. Writes a YOLO layout + data.yaml.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -26,7 +29,8 @@ import numpy as np
 
 from smartcash.data.errors import DatasetError
 from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
-                                        declared_size_problem, flat_name, pixel_box_to_yolo)
+                                        check_output_folder, declared_size_problem, flat_name,
+                                        pixel_box_to_yolo)
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +113,9 @@ def _annotation_row(annotation: Any, images: dict[int, CocoImage], class_of: dic
     """(image id, [class, cx, cy, w, h], '') for a good annotation, else (None, None, reason)."""
     try:
         image_id, category_id = int(annotation["image_id"]), int(annotation["category_id"])
-        x, y, width, height = (float(v) for v in annotation["bbox"])
+        x, y, width, height = _bbox(annotation)
     except (KeyError, TypeError, ValueError):
-        return None, None, "needs image_id, category_id and a bbox of 4 numbers"
+        return None, None, "needs image_id, category_id and a bbox of 4 numbers (or a polygon segmentation)"
     if image_id not in images:
         reason = "its image was skipped" if image_id in known_image_ids else f"unknown image_id {image_id}"
         return None, None, reason
@@ -124,6 +128,23 @@ def _annotation_row(annotation: Any, images: dict[int, CocoImage], class_of: dic
     if box is None:
         return None, None, f"bbox [{x:g}, {y:g}, {width:g}, {height:g}]: {reason}"
     return image_id, [class_of[category_id], *box], ""
+
+
+def _bbox(annotation: dict[str, Any]) -> tuple[float, float, float, float]:
+    """[x, y, w, h] pixels: the annotation's ``bbox``, else the extent of its polygon segmentation
+    (some exporters leave ``bbox`` empty); ValueError/TypeError/KeyError when it has neither."""
+    bbox = annotation.get("bbox")
+    if bbox is not None and len(bbox) > 0:
+        x, y, width, height = (float(v) for v in bbox)
+        return x, y, width, height
+    polygons = annotation["segmentation"]
+    if not isinstance(polygons, list) or not polygons:  # RLE masks (a dict) are not read here
+        raise ValueError("no polygon")
+    points = np.asarray([float(v) for polygon in polygons for v in polygon], np.float64).reshape(-1, 2)
+    if len(points) < 3:
+        raise ValueError("polygon needs 3 points")
+    (x1, y1), (x2, y2) = points.min(axis=0), points.max(axis=0)
+    return float(x1), float(y1), float(x2 - x1), float(y2 - y1)
 
 
 def import_coco(json_path: Path, images_dir: Path, out_dir: Path, mode: TransferMode = "copy",
@@ -142,14 +163,14 @@ def import_coco(json_path: Path, images_dir: Path, out_dir: Path, mode: Transfer
     json_path, images_dir, out_dir = Path(json_path), Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: --images folder not found")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise DatasetError(f"{out_dir}: output folder is not empty (choose a new --out; nothing was written)")
+    check_output_folder(out_dir)
     data = _load(json_path)
     names, class_of = category_names(json_path, data["categories"])
     problems: list[ImportProblem] = []
     images = _images(json_path, data["images"], images_dir, problems)
     known_image_ids = {e.get("id") for e in data["images"] if isinstance(e, dict)}
     rows: dict[int, list[list[float]]] = {image_id: [] for image_id in images}
+    rejected: set[int] = set()  # images with an annotation that could not be used
     crowd = skipped = 0
     for position, annotation in enumerate(data.get("annotations") or []):
         if isinstance(annotation, dict) and annotation.get("iscrowd"):
@@ -161,10 +182,20 @@ def import_coco(json_path: Path, images_dir: Path, out_dir: Path, mode: Transfer
             identifier = annotation.get("id") if isinstance(annotation, dict) else None
             problems.append(ImportProblem(str(json_path), None,
                                           f"annotations[{position}] (id {identifier}): {reason}"))
+            with contextlib.suppress(KeyError, TypeError, ValueError):  # no usable image_id: no image to mark
+                rejected.add(int(annotation["image_id"]))
             continue
         rows[image_id].append(row)
     if crowd:
         logger.info("%s: %d crowd annotations skipped (iscrowd: 1)", json_path, crowd)
+    # An image whose every annotation was rejected is not a background: its objects are unlabelled.
+    for image_id in sorted(rejected & set(images)):
+        if not rows[image_id]:
+            del rows[image_id]
+            problems.append(ImportProblem(str(json_path), None, f"image id {image_id} "
+                                          f"({images[image_id].file_name}): left out, none of its annotations "
+                                          "could be used (it would have been a background)"))
+            del images[image_id]
     writer = YoloLayoutWriter(out_dir, names, mode)
     boxes = 0
     for image_id in sorted(images, key=lambda i: (images[i].file_name, i)):
@@ -196,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.out} is incomplete; delete it and run again", file=sys.stderr)
+        return 130
+    except OSError as error:  # a write under --out failed (full disk ...): the error names the file
+        print(f"error: {error} ({args.out} is incomplete; delete it and run again)", file=sys.stderr)
+        return 1
     print(summary.report())
     return 0
 

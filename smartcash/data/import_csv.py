@@ -25,7 +25,8 @@ import numpy as np
 
 from smartcash.data.errors import DatasetError
 from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
-                                        declared_size_problem, flat_name, pixel_box_to_yolo)
+                                        check_output_folder, declared_size_problem, flat_name,
+                                        pixel_box_to_yolo)
 from smartcash.taxonomy import load_taxonomy
 
 logger = logging.getLogger(__name__)
@@ -160,8 +161,7 @@ def import_csv(csv_path: Path, images_dir: Path, out_dir: Path, names: Sequence[
     csv_path, images_dir, out_dir = Path(csv_path), Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: --images folder not found")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise DatasetError(f"{out_dir}: output folder is not empty (choose a new --out; nothing was written)")
+    check_output_folder(out_dir)
     boxes, problems = read_csv(csv_path, images_dir, names)
     class_names = tuple(names) if names else collected_names([b.class_name for b in boxes])
     class_ids = {name: i for i, name in enumerate(class_names)}
@@ -198,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.out} is incomplete; delete it and run again", file=sys.stderr)
+        return 130
+    except OSError as error:  # a write under --out failed (full disk ...): the error names the file
+        print(f"error: {error} ({args.out} is incomplete; delete it and run again)", file=sys.stderr)
+        return 1
     print(summary.report())
     return 0
 

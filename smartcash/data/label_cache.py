@@ -71,12 +71,14 @@ def _from_json(data: dict) -> SplitReport:
 def _read(path: Path, fingerprint: str) -> SplitReport | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):  # `[]`, `null` ...: not a cache this module wrote
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         if data.get("version") != CACHE_VERSION or data.get("fingerprint") != fingerprint:
             return None
         return _from_json(data)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         logger.warning("%s: unreadable label cache, rescanning (%s)", path, error)
         return None
 

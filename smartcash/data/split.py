@@ -5,7 +5,9 @@ dataset with its own class names it is the class of its largest box. Images with
 their own stratum, as do images with only authentication-feature boxes. The split is
 stratified when every denomination stratum has at least ``ceil(1 / min ratio)`` images (so each
 split gets one), else it is a plain random split and a log line says why. Seeded and
-deterministic. Source files are copied (default) or linked, never moved.
+deterministic. Source files are copied (default) or linked, never moved. Refused: a labels folder
+with no label for any image, an images folder holding an earlier split's output (a ``data.yaml``),
+an output folder inside the images folder.
 
     python -m smartcash.data.split --images DIR --labels DIR --out DIR [--ratios 0.8 0.1 0.1]
         [--seed 0] [--copy|--link|--symlink] [--names ...|--data data.yaml]
@@ -27,7 +29,8 @@ import yaml
 from smartcash.data.dataset_config import IMAGE_SUFFIXES, load_dataset_config
 from smartcash.data.errors import DatasetError
 from smartcash.data.labels import BAD_CLASS, parse_label_file
-from smartcash.data.yolo_writer import SPLIT_ORDER, TransferMode, YoloLayoutWriter, flat_name
+from smartcash.data.yolo_writer import (SPLIT_ORDER, TransferMode, YoloLayoutWriter, check_output_folder,
+                                        flat_name)
 from smartcash.taxonomy import Taxonomy, load_taxonomy
 
 logger = logging.getLogger(__name__)
@@ -167,8 +170,15 @@ def split_dataset(images_dir: Path, labels_dir: Path, out_dir: Path,
     for folder, flag in ((images_dir, "--images"), (labels_dir, "--labels")):
         if not folder.is_dir():
             raise DatasetError(f"{folder}: {flag} folder not found")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise DatasetError(f"{out_dir}: output folder is not empty (choose a new --out; nothing was written)")
+    check_output_folder(out_dir)
+    if out_dir.resolve().is_relative_to(images_dir.resolve()):
+        raise DatasetError(f"{out_dir}: --out is inside --images {images_dir}; a later split of that folder would "
+                           "take these copies as more images (choose an --out outside it)")
+    earlier = sorted(str(path.parent) for path in images_dir.rglob("data.yaml"))
+    if earlier:
+        more = " ..." if len(earlier) > 1 else ""
+        raise DatasetError(f"{images_dir}: holds an earlier dataset ({earlier[0]}/data.yaml{more}); its images would"
+                           " be split again, twice over and across splits (point --images at the original images only)")
     split_names(ratios)
     source_names, class_index, taxonomy, extra = _class_mapping(names, data)
 
@@ -192,6 +202,10 @@ def split_dataset(images_dir: Path, labels_dir: Path, out_dir: Path,
                                " names; pass --names or --data with the dataset's class names)")
         bad_lines += len(parsed.problems)
         strata[key] = image_stratum(parsed.boxes, class_index, taxonomy)
+    if all(label is None for label in labels.values()):
+        raise DatasetError(f"{labels_dir}: no label file for any of the {len(images)} images (looked for"
+                           f" {labels_dir / Path(next(iter(labels))).with_suffix('.txt')} ...); is --labels the"
+                           " folder holding their .txt files, with the same relative paths?")
     if bad_lines:
         logger.warning("%d bad label lines ignored for stratifying (labels are copied as they are; "
                        "run python -m smartcash.data.check for the list)", bad_lines)
@@ -227,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.out} is incomplete; delete it and run again", file=sys.stderr)
+        return 130
+    except OSError as error:  # a write under --out failed (full disk ...): the error names the file
+        print(f"error: {error} ({args.out} is incomplete; delete it and run again)", file=sys.stderr)
+        return 1
     counts = result.plan.counts()
     summary = ", ".join(f"{split} {counts[split]}" for split in SPLIT_ORDER if split in counts)
     print(f"{summary} ({'stratified' if result.plan.stratified else 'random'}): {result.data_yaml}")

@@ -133,9 +133,34 @@ def declared_size_problem(path: Path, width: float, height: float) -> str:
     return ""
 
 
+def check_output_folder(out_dir: Path) -> None:
+    """An importer's or splitter's ``--out``: new, or an empty writable folder.
+
+    Raises:
+        DatasetError: a file, a non-empty folder, or a folder that cannot be written.
+    """
+    from smartcash.data.errors import DatasetError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DatasetError(f"{out_dir}: --out is a file; give a new folder (nothing was written)")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DatasetError(f"{out_dir}: output folder is not empty (choose a new --out; nothing was written)")
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not (os.access(existing, os.W_OK) and existing.stat().st_mode & 0o222):
+        raise DatasetError(f"{out_dir}: cannot write in {existing} (read-only; choose another --out)")
+
+
 def flat_name(relative: Path) -> str:
-    """A file name for a nested source path: ``a/b/c.jpg`` -> ``a__b__c.jpg``."""
-    return "__".join(Path(relative).parts)
+    """A plain file name for a nested source path: ``a/b/c.jpg`` -> ``a__b__c.jpg``.
+
+    The root of an absolute path and ``.``/``..`` parts are dropped, so the name can never point
+    outside the folder it is written to (``/data/x.jpg`` -> ``data__x.jpg``).
+    """
+    path = Path(relative)
+    parts = [part for part in path.parts if part not in (path.anchor, "", ".", "..")]
+    return "__".join(parts) or "image"
 
 
 def write_data_yaml(root: Path, names: Sequence[str], splits: Sequence[str],
@@ -167,7 +192,9 @@ class YoloLayoutWriter:
     """Adds images and their boxes to a YOLO layout under ``root``; ``finish()`` writes data.yaml.
 
     File names are kept; a clash inside one split gets a ``_1``, ``_2`` ... suffix (logged),
-    so nested source folders can be flattened without losing images.
+    so nested source folders can be flattened without losing images. Names clash by STEM (case
+    ignored): ``x.jpg`` and ``x.png`` would share the label file ``x.txt``. Every file is written
+    under ``root``; a name with a folder in it is refused.
     """
 
     def __init__(self, root: Path, names: Sequence[str], mode: TransferMode = "copy") -> None:
@@ -185,15 +212,18 @@ class YoloLayoutWriter:
             return self._reserve(split, name)
 
     def _reserve(self, split: str, name: str) -> Path:
-        taken = self._taken.setdefault(split, set())
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"{name!r}: not a plain file name (use flat_name); nothing is written outside "
+                             f"{self.root}")
+        taken = self._taken.setdefault(split, set())  # lower-cased stems: one label file per stem
         stem, suffix = Path(name).stem, Path(name).suffix
         candidate, number = name, 0
-        while candidate.lower() in taken:
+        while Path(candidate).stem.lower() in taken:
             number += 1
             candidate = f"{stem}_{number}{suffix}"
         if number:
             logger.info("%s: name %s already used in split %s; writing %s", self.root, name, split, candidate)
-        taken.add(candidate.lower())
+        taken.add(Path(candidate).stem.lower())
         self.counts[split] = self.counts.get(split, 0) + 1
         return self.root / "images" / split / candidate
 

@@ -79,6 +79,12 @@ def read_weights(path: str | os.PathLike[str]) -> WeightsFile:
                                 "give a local path)")
     if _is_safetensors(path):
         return _finish(path, "safetensors", read_safetensors(path))
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if head != b"PK" and not head.startswith(b"\x80"):  # neither a torch zip archive nor a pickle
+        what = "an empty file" if not head else f"its first bytes are {head!r}"
+        raise WeightsError(f"{path}: not a weights file ({what}; expected a PyTorch .pt/.pth or a "
+                           ".safetensors file)")
     pickled_globals: tuple[str, ...] = ()
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -115,3 +115,35 @@ def load_checkpoint_data(path: Path) -> dict:
 def stray_files(folder: Path) -> list[str]:
     """Temp files of the atomic writer (``.NAME.XXXX.tmp``) left in ``folder``."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp"))
+
+
+def make_checkpoint(path: Path, names: list[str] | None = None, data: Path | str | None = None,
+                    imgsz: int = 64) -> Path:
+    """A SmartCash checkpoint of an untrained yolov5n (seeded): what val/predict/export read, made in
+    a second instead of a training run. ``names``: an identity taxonomy; default the SmartCash one."""
+    from smartcash.model.build import build_model
+    from smartcash.model.training.checkpoint import save_checkpoint
+    from smartcash.taxonomy import Taxonomy, load_taxonomy
+
+    taxonomy = load_taxonomy() if names is None else Taxonomy.identity(names)
+    torch.manual_seed(0)
+    model = build_model("yolov5n", taxonomy.num_classes)
+    weights = model.state_dict()
+    save_checkpoint(path, {"phase": 1, "epoch": 0, "model_name": "yolov5n", "num_classes": taxonomy.num_classes,
+                           "anchors": model.detect.anchors.detach().clone(), "model": weights, "ema": weights,
+                           "config": {"imgsz": imgsz, "data": None if data is None else str(data), "seed": 0},
+                           "taxonomy": taxonomy.to_dict()})
+    return path
+
+
+def one_error_line(stderr: str) -> str:
+    """The ``error: ...`` line of a CLI's stderr; fails on a traceback or on no error line."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative path -> digest): "nothing changed" checks."""
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -29,6 +29,11 @@ RESULTS_COLUMNS = (
 )
 
 
+def lower_is_better(column: str) -> bool:
+    """True for the loss columns (``train/box_loss``, ``val/cls_loss`` ...): the smaller the better."""
+    return "loss" in column
+
+
 class ResultsWriter:
     """Buffered, atomic writer of ``results.csv``.
 

@@ -4,7 +4,9 @@ The file holds ``{"version": 1, "runs": {id: entry}}``: lookup by id is one dict
 scans the entries once. Updates are read-modify-write under an exclusive ``fcntl`` lock on a
 sidecar ``.lock`` file (concurrent runs, DDP ranks) and the file is replaced atomically.
 The id is ``NAME/phaseN``: a new run of the same name and phase replaces its entry, as it replaces
-the weights the entry points at.
+the weights the entry points at. An unreadable file is renamed ``registry.json.corruptN`` by the
+next ``add`` (which starts a new file), never overwritten; entries that are not valid are skipped
+with a warning.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from smartcash.atomic import atomic_write_text
+from smartcash.model.training.records import lower_is_better
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,26 @@ class RegistryEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RegistryEntry:
+        """An entry from its JSON; RegistryError when a field is missing or of the wrong kind."""
+        if not isinstance(data, dict):
+            raise RegistryError(f"expected an object, got {type(data).__name__}")
+        missing = [key for key in ("id", "phase", "data", "model", "weights") if key not in data]
+        if missing:
+            raise RegistryError(f"missing {', '.join(missing)}")
         known = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
-        return cls(**known)
+        not_text = [key for key in ("id", "data", "model", "weights", "date", "run_dir")
+                    if key in known and not isinstance(known[key], str)]
+        if not_text:
+            raise RegistryError(f"{', '.join(not_text)} not a string")
+        if not isinstance(known.get("metrics", {}), dict):
+            raise RegistryError("metrics is not an object")
+        metrics = known.get("metrics", {})
+        if not all(isinstance(value, (int, float)) or value is None for value in metrics.values()):
+            raise RegistryError("metrics holds a value that is not a number")
+        try:
+            return cls(**{**known, "phase": int(known["phase"]), "epochs": int(known.get("epochs", 0))})
+        except (TypeError, ValueError) as error:
+            raise RegistryError(str(error)) from error
 
 
 class ModelRegistry:
@@ -66,7 +87,14 @@ class ModelRegistry:
             now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             entry = RegistryEntry(**{**asdict(entry), "date": now})
         with self._locked():
-            runs = self._read()
+            try:
+                runs = self._read()
+            except RegistryError as error:  # unreadable: keep it aside, start a new file with this run
+                if not self.path.is_file():
+                    raise
+                runs = {}
+                kept = self._set_aside()
+                logger.warning("%s; kept it as %s and started a new registry", error, kept)
             runs[entry.id] = asdict(entry)
             payload = {"version": REGISTRY_VERSION, "runs": runs}
             atomic_write_text(self.path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -77,12 +105,22 @@ class ModelRegistry:
         runs = self._read()
         if run_id not in runs:
             raise RegistryError(f"{self.path}: no run {run_id!r} (known: {sorted(runs) or 'none'})")
-        return RegistryEntry.from_dict(runs[run_id])
+        try:
+            return RegistryEntry.from_dict(runs[run_id])
+        except RegistryError as error:
+            raise RegistryError(f"{self.path}: run {run_id!r} is not a valid entry ({error})") from error
 
     def entries(self) -> list[RegistryEntry]:
-        """All entries, oldest first."""
-        entries = [RegistryEntry.from_dict(data) for data in self._read().values()]
-        return sorted(entries, key=lambda entry: (entry.date, entry.id))
+        """All valid entries, oldest first; invalid ones (edited by hand ...) are counted in one warning."""
+        entries, invalid = [], []
+        for run_id, data in self._read().items():
+            try:
+                entries.append(RegistryEntry.from_dict(data))
+            except RegistryError as error:
+                invalid.append(f"{run_id!r} ({error})")
+        if invalid:
+            logger.warning("%s: ignoring %d invalid entries: %s", self.path, len(invalid), ", ".join(invalid[:5]))
+        return sorted(entries, key=lambda entry: (str(entry.date), entry.id))
 
     def best(self, metric: str, phase: int | None = None) -> RegistryEntry | None:
         """The entry with the best ``metric`` (highest; lowest for a ``*loss*`` metric).
@@ -90,7 +128,7 @@ class ModelRegistry:
         ``metric`` is a full name (``metrics/mAP50-95``) or a short one (``mAP50-95``).
         Entries without the metric are ignored; None when no entry has it.
         """
-        lower_is_better = "loss" in metric
+        lower = lower_is_better(metric)
         best_entry, best_value = None, None
         for entry in self.entries():
             if phase is not None and entry.phase != phase:
@@ -98,11 +136,13 @@ class ModelRegistry:
             value = _metric(entry.metrics, metric)
             if value is None:
                 continue
-            if best_value is None or (value < best_value if lower_is_better else value > best_value):
+            if best_value is None or (value < best_value if lower else value > best_value):
                 best_entry, best_value = entry, value
         return best_entry
 
     def _read(self) -> dict[str, dict[str, Any]]:
+        if self.path.exists() and not self.path.is_file():
+            raise RegistryError(f"{self.path}: is a folder, not a registry file (move it away)")
         if not self.path.is_file():
             return {}
         try:
@@ -110,9 +150,19 @@ class ModelRegistry:
         except json.JSONDecodeError as error:
             raise RegistryError(f"{self.path}:{error.lineno}: invalid JSON ({error.msg}); "
                                 "fix or delete the file") from error
+        except UnicodeDecodeError as error:
+            raise RegistryError(f"{self.path}: not a text file ({error.reason}); fix or delete the file") from error
         if not isinstance(payload, dict) or not isinstance(payload.get("runs"), dict):
             raise RegistryError(f"{self.path}: expected {{'version': 1, 'runs': {{...}}}}")
         return payload["runs"]
+
+    def _set_aside(self) -> Path:
+        """Rename the unreadable registry to a free ``registry.json.corruptN`` (never replacing one)."""
+        number = 1
+        while (kept := self.path.with_name(f"{self.path.name}.corrupt{number}")).exists():
+            number += 1
+        os.replace(self.path, kept)
+        return kept
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

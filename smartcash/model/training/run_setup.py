@@ -41,13 +41,18 @@ class StartPoint:
 
 def build_data(config: TrainConfig, world_size: int, is_main: bool) -> RunData:
     """Train loader (sharded under DDP) and, on rank 0, the full val loader."""
+    from smartcash.data.checks import no_boxes_reason
     from smartcash.data.dataset_config import load_dataset_config
+    from smartcash.data.errors import DatasetError
     from smartcash.data.loader import build_dataloader
 
     dataset = load_dataset_config(config.data)
     train = build_dataloader(dataset, "train", config.imgsz, config.batch, config.workers,
                              augment=config.augment, shuffle=True, seed=config.seed,
                              distributed=world_size > 1)
+    empty = no_boxes_reason(dataset, train.dataset.report)  # all backgrounds: nothing to learn
+    if empty:
+        raise DatasetError(f"{dataset.path}: {empty}")
     _respawn_workers_each_epoch(train)
     val = None
     if is_main:
@@ -129,13 +134,16 @@ def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, t
     return StartingModel(model.to(device), False)
 
 
-def build_precise_bn(config: TrainConfig, device: torch.device) -> Any:
-    """The precise-BatchNorm hook over a fixed sample of the (non-augmented) training split."""
+def build_precise_bn(config: TrainConfig, device: torch.device, report: Any = None) -> Any:
+    """The precise-BatchNorm hook over a fixed sample of the (non-augmented) training split.
+
+    ``report``: the training dataset's scan, reused so that its skipped-images warning is given once.
+    """
     from smartcash.data.dataset import YoloDataset
     from smartcash.data.dataset_config import load_dataset_config
     from smartcash.model.training.precise_bn import PreciseBatchNorm
 
-    dataset = YoloDataset(load_dataset_config(config.data), "train", config.imgsz, augment=False)
+    dataset = YoloDataset(load_dataset_config(config.data), "train", config.imgsz, augment=False, report=report)
     return PreciseBatchNorm(dataset, config.precise_bn_images, config.seed, config.batch)
 
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from smartcash.config import TrainConfig, save_config
 from smartcash.model.loss import LossOutput, YoloLoss
 from smartcash.model.summary import count_gflops, model_summary
-from smartcash.model.training import run_setup
+from smartcash.model.training import run_lock, run_setup
 from smartcash.model.training.checkpoint import (checkpoint_bytes, restore_rng_state,
                                                  rng_state, save_checkpoint)
 from smartcash.model.training.optim import ModelEMA, group_lrs
@@ -38,6 +38,7 @@ from smartcash.model.training.core.validation_executor import ValidationExecutor
 from smartcash.model.training.phases import enter_phase
 from smartcash.model.training.recipe import choose_recipe, resumed_recipe
 from smartcash.model.training.records import ResultsWriter
+from smartcash.model.training.stopping import directed
 from smartcash.taxonomy import load_loss_config
 
 logger = logging.getLogger(__name__)
@@ -154,33 +155,37 @@ class Trainer:
         self.best_row: dict[str, Any] = {}
         self.last_row: dict[str, Any] = {}
         self.best_result: Any = None
+        self.folder_lock: Any = None  # rank 0: the run folder's lock file (run_lock.py)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
-        self.before_train()
-        stopped_early = False
         try:
-            for epoch in range(self.start_epoch, self.config.epochs):
-                self.before_epoch(epoch)
-                started = time.perf_counter()
-                train_losses = self.train_one_epoch(epoch)
-                stopped_early = self.after_epoch(epoch, train_losses, time.perf_counter() - started)
-                if stopped_early:
-                    break
-        except KeyboardInterrupt:
-            if self.dist.is_main:
-                self._save_checkpoints(improved=False, interrupted=True)
-                self.records.flush()
-                logger.warning("interrupted: saved %s; continue with --resume", self.weights_dir / "last.pt")
-            raise
-        except BaseException:
-            if self.dist.is_main:
-                try:
-                    self.records.flush()  # the epochs that did finish are on disk; no checkpoint written
-                except OSError as flush_error:  # e.g. the same full disk: report the first error
-                    logger.error("results not flushed: %s", flush_error)
-            raise
-        return self.after_train(stopped_early)
+            self.before_train()
+            stopped_early = False
+            try:
+                for epoch in range(self.start_epoch, self.config.epochs):
+                    self.before_epoch(epoch)
+                    started = time.perf_counter()
+                    train_losses = self.train_one_epoch(epoch)
+                    stopped_early = self.after_epoch(epoch, train_losses, time.perf_counter() - started)
+                    if stopped_early:
+                        break
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (train.py turns it into a KeyboardInterrupt)
+                if self.dist.is_main:
+                    self._save_checkpoints(improved=False, interrupted=True)
+                    self.records.flush()
+                    logger.warning("interrupted: saved %s; continue with --resume", self.weights_dir / "last.pt")
+                raise
+            except BaseException:
+                if self.dist.is_main:
+                    try:
+                        self.records.flush()  # the epochs that did finish are on disk; no checkpoint written
+                    except OSError as flush_error:  # e.g. the same full disk: report the first error
+                        logger.error("results not flushed: %s", flush_error)
+                raise
+            return self.after_train(stopped_early)
+        finally:
+            run_lock.release(self.folder_lock)  # taken by before_train, before its first write
 
     # ------------------------------------------------------------------ hooks
     def before_train(self) -> None:
@@ -189,6 +194,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its kernels
+        if dist.is_main:  # fail fast when another run trains in this folder (locked for real below)
+            run_lock.ensure_free(self.run_dir)
         start = run_setup.find_start_point(config)  # first: a missing checkpoint fails fast
         data = run_setup.build_data(config, dist.world_size, dist.is_main)
         self.taxonomy, self.train_loader, self.val_loader = data.taxonomy, data.train_loader, data.val_loader
@@ -214,11 +221,13 @@ class Trainer:
         self.validator = ValidationExecutor(self.taxonomy, show_progress=dist.is_main)
         self.phase_setup = enter_phase(config.phase, model, config, phase_recipe, len(self.train_loader),
                                        dist.world_size, self.validator)
+        self.phase_setup.early_stopping = directed(self.phase_setup.early_stopping)  # losses: lower is better
         self.close_mosaic = phase_recipe.close_mosaic if config.close_mosaic is None else config.close_mosaic
         self.optimizer = self.phase_setup.optimizer
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.ema = ModelEMA(model, config.ema_decay, config.ema_tau)
-        self.precise_bn = run_setup.build_precise_bn(config, self.device) if dist.is_main else None
+        self.precise_bn = (run_setup.build_precise_bn(config, self.device, self.train_loader.dataset.report)
+                           if dist.is_main else None)
         if start.resume:
             self.resume_from(start.state)
             logger.info("resuming %s from epoch %d", start.path, self.start_epoch)
@@ -229,6 +238,7 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if dist.is_main:
+            self.folder_lock = run_lock.acquire(self.run_dir)  # this run owns the folder from here to the end
             run_setup.prepare_run_dir(config)
             save_config(config, self.run_dir / "args.yaml", {"recipe_used": self.recipe.to_dict()})
             self.records = ResultsWriter(self.run_dir / "results.csv", config.records_flush_every,

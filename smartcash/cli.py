@@ -1,0 +1,113 @@
+"""What every ``python -m smartcash.X`` shares: its exit codes, and the checks of flag values and
+output paths made at the edge, before any work starts.
+
+The contract: ``error: ...`` on stderr naming the input and the fix, never a traceback;
+exit 0 done, 1 the run failed (bad data, unreadable file, failed write), 2 bad usage (a flag value,
+a missing or wrong input file, an output that cannot be written), 130 interrupted by Ctrl-C,
+143 stopped by SIGTERM (both after writing what was done). No output ever replaces an input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+#: First bytes of a PyTorch checkpoint: a zip archive (torch >= 1.6) or a bare pickle (protocol 2+).
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+class UsageError(ValueError):
+    """A flag value or path that cannot be used (exit 2)."""
+
+
+def print_error(error: BaseException | str) -> None:
+    """``error: MESSAGE`` on stderr."""
+    print(f"error: {error}", file=sys.stderr)
+
+
+def at_least(flag: str, value: int | float | None, minimum: int | float) -> None:
+    """``value >= minimum`` (None: the flag was not given)."""
+    if value is not None and not value >= minimum:
+        raise UsageError(f"{flag} {value}: must be >= {minimum}")
+
+
+def in_range(flag: str, value: float | None, low: float, high: float, *, low_open: bool = False,
+             high_open: bool = False) -> None:
+    """``value`` within [low, high], each end open when asked (None: the flag was not given)."""
+    if value is None:
+        return
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise UsageError(f"{flag} {value}: must be in {interval}")
+
+
+def input_file(flag: str, path: str | os.PathLike[str]) -> Path:
+    """An existing, readable file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder, not a file")
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{flag} {path}: not readable (check its permissions)")
+    return path
+
+
+def looks_like_checkpoint(path: Path) -> bool:
+    """True when ``path`` starts like a PyTorch checkpoint (zip archive or pickle)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return any(head.startswith(magic) for magic in _CHECKPOINT_MAGIC)
+
+
+def output_file(flag: str, path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """A file this command may (re)write: not a folder, not one of ``inputs``, not an existing
+    checkpoint, in a folder that exists and is writable, or can be made."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise UsageError(f"{flag} {path}: is the input {source}; choose another output file "
+                             "(an output never replaces its input)")
+    if path.is_file() and looks_like_checkpoint(path):
+        raise UsageError(f"{flag} {path}: is a checkpoint; choose another output file "
+                         "(a checkpoint is never overwritten)")
+    writable_folder(flag, path.parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: not writable (check its permissions)")
+    return path
+
+
+def writable_folder(flag: str, folder: str | os.PathLike[str]) -> Path:
+    """A folder that exists and is writable, or whose nearest existing parent is."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag}: {existing} is a file, not a folder")
+    if not (os.access(existing, os.W_OK) and bool(existing.stat().st_mode & 0o222)):
+        # The mode bits too: root ignores permissions, and a read-only folder means "do not write".
+        raise UsageError(f"{flag}: cannot write in {existing} (read-only; choose another place)")
+    return folder
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
