@@ -1,20 +1,26 @@
 """mAP benchmark: SmartCash's calculator against pycocotools, faster-coco-eval, torchmetrics and
-ultralytics, on the same synthetic validation set, in one run.
+ultralytics, on the same synthetic validation set, in one run; then ``evaluate_coco`` against
+pycocotools, faster-coco-eval and torchmetrics on the same COCO JSON files (all 12 stats).
 
-    python -m benchmarks.bench_map [--quick] [--device cpu]
+    python -m benchmarks.bench_map [--quick] [--device cpu] [--cases calculator,coco]
 
 Also holds the reference adapters (`run_pycocotools`, `run_faster_coco_eval`, `run_ultralytics`,
-`run_torchmetrics`) that the parity tests reuse: each feeds its tool exactly our inputs.
+`run_torchmetrics`, and for COCO files `cocoeval_pycocotools`, `cocoeval_faster`) that the parity
+tests reuse: each feeds its tool exactly our inputs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
+import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -193,6 +199,126 @@ def run_ultralytics(case: Case) -> Reference:
     return Reference(map50, float(ap.mean()) if len(ap) else 0.0, full, *per_class)
 
 
+def make_coco_case(seed: int, num_images: int, num_categories: int = 80) -> tuple[dict, list[dict]]:
+    """A COCO-like dataset and results list: non-contiguous image and category ids, ~7 objects per
+    image with sizes spread over small / medium / large (``area`` = polygon area, smaller than the
+    box), 1% crowds, polygon segmentations, and detections as json.dump writes them from a model:
+    ~3 jittered copies per object (some with a wrong category), ~15 false positives per image,
+    coordinates rounded to 2 decimals and scores to 3 (so scores tie)."""
+    rng = np.random.default_rng(seed)
+    image_ids = np.sort(rng.choice(600_000, num_images, replace=False)) + 1
+    category_ids = np.sort(rng.choice(90, num_categories, replace=False)) + 1
+    images, annotations, results = [], [], []
+    for image_id in image_ids.tolist():
+        width, height = 640, int(rng.integers(360, 641))
+        images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": width, "height": height})
+        count = rng.poisson(7)
+        side = np.exp(rng.uniform(np.log(4), np.log(400), (count, 1))) * rng.uniform(0.6, 1.4, (count, 2))
+        size = np.minimum(side, [width, height])
+        box = np.round(np.concatenate([rng.uniform(0, 1, (count, 2)) * ([width, height] - size), size], 1), 2)
+        area = np.round(box[:, 2] * box[:, 3] * rng.uniform(0.5, 0.95, count), 2)
+        crowd = rng.random(count) < 0.01
+        categories = rng.choice(category_ids, count)
+        for b, a, c, k in zip(box.tolist(), area.tolist(), categories.tolist(), crowd.tolist()):
+            x, y, w, h = b
+            polygon = [round(v, 2) for v in (x, y, x + w, y, x + w, y + h, x + w / 2, y + h * 0.8, x, y + h)]
+            annotations.append({"segmentation": [polygon], "area": a, "iscrowd": int(k), "image_id": image_id,
+                                "bbox": b, "category_id": c, "id": len(annotations) + 1})
+        source = np.repeat(np.arange(count), rng.poisson(3, count))
+        jitter = rng.normal(0, 0.1, (len(source), 4)) * np.tile(size[source], 2)
+        quality = np.exp(-np.abs(jitter).sum(1) / size[source].sum(1) * 4)
+        labels = np.where(rng.random(len(source)) < 0.9, categories[source], rng.choice(category_ids, len(source)))
+        extra = rng.poisson(15)
+        extra_box = np.concatenate([rng.uniform(0, 1, (extra, 2)) * [width, height],
+                                    np.exp(rng.uniform(np.log(4), np.log(300), (extra, 2)))], 1)
+        boxes = np.concatenate([box[source] + jitter, extra_box])
+        boxes[:, 2:] = np.abs(boxes[:, 2:])
+        scores = np.concatenate([0.2 + 0.8 * quality * rng.uniform(0.5, 1, len(source)), rng.uniform(0, 0.6, extra)])
+        labels = np.concatenate([labels, rng.choice(category_ids, extra)])
+        for b, score, c in zip(np.round(boxes, 2).tolist(), np.round(scores, 3).tolist(), labels.tolist()):
+            results.append({"image_id": image_id, "category_id": c, "bbox": b, "score": score})
+    dataset = {"info": {"description": "SmartCash synthetic COCO case"}, "images": images, "annotations": annotations,
+               "categories": [{"id": c, "name": f"class{c}", "supercategory": "thing"} for c in category_ids.tolist()]}
+    return dataset, results
+
+
+def cocoeval_pycocotools(ground_truth, detections, params: dict | None = None):
+    """pycocotools COCOeval (bbox) on a dataset dict or JSON path and a results list, array or path;
+    params: attributes of COCOeval.params to set (imgIds, catIds, maxDets, useCats, areaRng ...).
+    Returns the COCOeval after evaluate / accumulate / summarize."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        if isinstance(ground_truth, dict):
+            truth = COCO()
+            truth.dataset = copy.deepcopy(ground_truth)
+            truth.createIndex()
+        else:
+            truth = COCO(str(ground_truth))
+        found = truth.loadRes(copy.deepcopy(detections) if isinstance(detections, list) else
+                              (str(detections) if isinstance(detections, (str, Path)) else detections))
+        evaluator = COCOeval(truth, found, "bbox")
+        for name, value in (params or {}).items():
+            setattr(evaluator.params, name, value)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def cocoeval_faster(ground_truth, detections, params: dict | None = None):
+    """faster-coco-eval's COCOeval_faster, the same way as ``cocoeval_pycocotools``."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        source = copy.deepcopy(ground_truth) if isinstance(ground_truth, dict) else str(ground_truth)
+        truth = COCO(source)
+        found = truth.loadRes(copy.deepcopy(detections) if isinstance(detections, list) else str(detections))
+        evaluator = COCOeval_faster(truth, found, "bbox", print_function=lambda *a, **k: None)
+        for name, value in (params or {}).items():
+            setattr(evaluator.params, name, value)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def torchmetrics_inputs(dataset: dict, results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Per-image prediction / target tensors for torchmetrics, images in id order (COCO's order)."""
+    import torch
+
+    by_image: dict[int, dict[str, list]] = {image["id"]: {"d": [], "t": []} for image in dataset["images"]}
+    for detection in results:
+        by_image[detection["image_id"]]["d"].append(detection)
+    for annotation in dataset["annotations"]:
+        by_image[annotation["image_id"]]["t"].append(annotation)
+    predictions, targets = [], []
+    for image_id in sorted(by_image):
+        found, truth = by_image[image_id]["d"], by_image[image_id]["t"]
+        predictions.append({"boxes": torch.tensor([d["bbox"] for d in found], dtype=torch.float64).reshape(-1, 4),
+                            "scores": torch.tensor([d["score"] for d in found], dtype=torch.float64),
+                            "labels": torch.tensor([d["category_id"] for d in found], dtype=torch.long)})
+        targets.append({"boxes": torch.tensor([a["bbox"] for a in truth], dtype=torch.float64).reshape(-1, 4),
+                        "labels": torch.tensor([a["category_id"] for a in truth], dtype=torch.long),
+                        "iscrowd": torch.tensor([a["iscrowd"] for a in truth], dtype=torch.long),
+                        "area": torch.tensor([a["area"] for a in truth], dtype=torch.float64)})
+    return predictions, targets
+
+
+def run_torchmetrics_coco(predictions: list[dict], targets: list[dict]) -> np.ndarray:
+    """torchmetrics MeanAveragePrecision (faster_coco_eval backend, xywh boxes): its 12 COCO stats."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(box_format="xywh", iou_type="bbox", backend="faster_coco_eval")
+    metric.update(predictions, targets)
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = metric.compute()
+    names = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+             "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")
+    return np.array([float(result[name]) for name in names])
+
+
 def run_smartcash(case: Case, mode: str, device: str = "cpu", batch_size: int = 32):
     from smartcash.model.training.core.parallel_map_calculator import ParallelMapCalculator
 
@@ -208,13 +334,8 @@ def run_smartcash(case: Case, mode: str, device: str = "cpu", batch_size: int = 
     return calculator.compute()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1/10 of the full size")
-    parser.add_argument("--device", default="cpu", help="where the SmartCash inputs live (cpu, cuda:0)")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
-
+def bench_calculator(args: argparse.Namespace) -> None:
+    """ParallelMapCalculator (coco and yolo modes) against the reference tools, in memory."""
     num_images = 500 if args.quick else 5000
     case = make_case(0, num_images, 17, targets_per_image=3.0, predictions_per_target=8.0, false_positives_per_image=6.0)
     num_targets = sum(len(t) for t in case.targets)
@@ -250,6 +371,78 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results(name, {"machine": info, "images": num_images, "targets": num_targets,
                                 "predictions": num_predictions, "tools": records})
     print(f"wrote {path}")
+
+
+def bench_coco_json(args: argparse.Namespace) -> None:
+    """evaluate_coco against pycocotools, faster-coco-eval and torchmetrics on the same COCO JSON
+    files: 80 categories, crowds, all area ranges, the 12 stats. The COCO tools and SmartCash go
+    from the two file paths to the stats (parsing included); torchmetrics takes per-image tensors
+    (built from the same data before the clock starts: it reads no files)."""
+    from smartcash.model.training.core.coco_evaluation import evaluate_coco
+
+    num_images = 500 if args.quick else 5000
+    dataset, results = make_coco_case(1, num_images, 80)
+    crowds = sum(a["iscrowd"] for a in dataset["annotations"])
+    print(f"COCO JSON case: {num_images} images, 80 categories, {len(dataset['annotations'])} annotations "
+          f"({crowds} crowds), {len(results)} detections", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as directory:
+        truth_path, found_path = Path(directory) / "instances.json", Path(directory) / "detections.json"
+        truth_path.write_text(json.dumps(dataset))
+        found_path.write_text(json.dumps(results))
+        predictions, targets = torchmetrics_inputs(dataset, results)
+        tools = [
+            ("smartcash evaluate_coco (files)", lambda: evaluate_coco(truth_path, found_path).stats,
+             "smartcash.model.training.core.coco_evaluation"),
+            ("smartcash evaluate_coco (dicts in memory)", lambda: evaluate_coco(dataset, results).stats,
+             "smartcash.model.training.core.coco_evaluation"),
+            ("pycocotools (files)", lambda: np.asarray(cocoeval_pycocotools(truth_path, found_path).stats),
+             "pycocotools.cocoeval"),
+            ("faster-coco-eval (files)", lambda: np.asarray(cocoeval_faster(truth_path, found_path).stats[:12]),
+             "faster_coco_eval"),
+            ("torchmetrics (faster_coco_eval backend, tensors)", lambda: run_torchmetrics_coco(predictions, targets),
+             "torchmetrics.detection"),
+        ]
+        slow = {"pycocotools (files)", "torchmetrics (faster_coco_eval backend, tensors)"}
+        records = {}
+        for name, function, module in tools:
+            repeats = max(1, args.repeats // 2) if name in slow else args.repeats
+            timing, stats = time_call(function, repeats=repeats, warmup=1)
+            records[name] = {"median_s": timing.median_s, "runs_s": timing.runs_s, "stats": stats.tolist(),
+                             "import_s": import_time(module)}
+    base = records["smartcash evaluate_coco (files)"]["median_s"]
+    reference = np.array(records["pycocotools (files)"]["stats"])
+    rows = []
+    for name, record in records.items():
+        record["ratio_to_smartcash"] = record["median_s"] / base
+        record["max_stat_difference_to_pycocotools"] = float(np.abs(np.array(record["stats"]) - reference).max())
+        rows.append([name, record["median_s"], f"{record['ratio_to_smartcash']:.1f}x", record["stats"][0],
+                     record["stats"][1], f"{record['max_stat_difference_to_pycocotools']:.1e}", record["import_s"]])
+    numpy_import = import_time("numpy")
+    print(format_table(["tool", "time_s (median)", "vs smartcash", "AP", "AP50", "max |stats - pycocotools|", "import_s"], rows))
+    print(f"(import_s includes numpy's {numpy_import:.3f} s where the tool imports it)")
+    info = machine_info("cpu")
+    print(f"machine: {info}")
+    path = write_results("map_coco_quick" if args.quick else "map_coco", {
+        "machine": info, "images": num_images, "categories": 80, "annotations": len(dataset["annotations"]),
+        "crowds": crowds, "detections": len(results), "numpy_import_s": numpy_import, "tools": records})
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1/10 of the full size")
+    parser.add_argument("--device", default="cpu", help="where the SmartCash inputs live (cpu, cuda:0)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cases", default="calculator,coco",
+                        help="comma-separated: calculator (in-memory mAP), coco (COCO JSON files, 12 stats)")
+    args = parser.parse_args(argv)
+    cases = {case.strip() for case in args.cases.split(",") if case.strip()}
+    if not cases or cases - {"calculator", "coco"}:
+        parser.error(f"--cases: choose from calculator, coco; got {args.cases!r}")
+    if "calculator" in cases:
+        bench_calculator(args)
+    if "coco" in cases and args.device == "cpu":  # evaluate_coco runs on the host only
+        bench_coco_json(args)
     return 0
 
 

@@ -1,9 +1,8 @@
 """From matched predictions to AP, precision-recall and confidence curves, per class (numpy only).
 
-Two accumulations, each a faithful re-implementation of its reference:
-``coco_class_precision``: pycocotools ``COCOeval.accumulate`` (101 recall points, envelope, searchsorted);
 ``yolo_class_ap``: ultralytics ``compute_ap`` (np.interp on the envelope at 101 points, trapezoid rule).
 ``confidence_curves``: ultralytics ``ap_per_class``' precision/recall/F1 over a 1000-point confidence grid.
+(COCOeval's accumulation, for every category, area range and maxDets at once, is ``coco_accumulation``.)
 """
 
 from __future__ import annotations
@@ -23,28 +22,6 @@ class ClassCurves:
 
     precision: np.ndarray
     recall: np.ndarray
-
-
-def coco_class_precision(true_positive: np.ndarray, num_truths: int) -> np.ndarray:
-    """COCOeval precision at the 101 recall points for one class.
-
-    true_positive: (D, T) bool in COCOeval's accumulate order (score, descending, stable).
-    Returns (T, 101) float64; recall points beyond the last reached recall are 0.
-    """
-    tp_sum = np.cumsum(true_positive, axis=0).astype(float)  # (D, T)
-    fp_sum = np.cumsum(~true_positive, axis=0).astype(float)
-    num_detections, num_thresholds = true_positive.shape
-    result = np.zeros((num_thresholds, len(RECALL_POINTS)))
-    if num_detections == 0:
-        return result
-    recall = tp_sum / num_truths
-    precision = tp_sum / (fp_sum + tp_sum + np.spacing(1))  # same operand order as COCOeval
-    envelope = np.flip(np.maximum.accumulate(np.flip(precision, 0), axis=0), 0)  # (D, T)
-    for threshold in range(num_thresholds):
-        index = np.searchsorted(recall[:, threshold], RECALL_POINTS, side="left")  # (101,)
-        reached = index < num_detections
-        result[threshold, reached] = envelope[index[reached], threshold]
-    return result
 
 
 def _interpolate_envelope(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:

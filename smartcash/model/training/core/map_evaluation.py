@@ -1,6 +1,7 @@
 """One full evaluation (matching + accumulation) in COCO or ultralytics semantics (numpy only).
 
-See ``parallel_map_calculator`` for the rules and their sources.
+See ``parallel_map_calculator`` for the rules and their sources. COCO semantics run through
+``coco_core.run_coco``, the same core as ``evaluate_coco``.
 """
 
 from __future__ import annotations
@@ -9,24 +10,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smartcash.model.training.core.coco_core import ALL_AREAS, IOU_THRESHOLDS, CocoInput, run_coco
 from smartcash.model.training.core.map_accumulation import (
     CONFIDENCE_GRID,
     RECALL_POINTS,
     best_f1,
-    coco_class_precision,
     confidence_curves,
     yolo_class_ap,
 )
-from smartcash.model.training.core.map_matching import (
-    rank_in_group,
-    coco_pair_iou,
-    greedy_match,
-    same_group_pairs,
-    yolo_pair_iou,
-)
+from smartcash.model.training.core.map_matching import greedy_match, same_group_pairs, xyxy_to_xywh, yolo_pair_iou
 from smartcash.model.training.core.map_result import MapResult
 
-IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval iouThrs (float64)
 # ultralytics: torch.linspace(0.5, 0.95, 10) in float32; equal to this cast (checked in the tests).
 IOU_THRESHOLDS_FLOAT32 = IOU_THRESHOLDS.astype(np.float32)
 COCO_MAX_DETECTIONS = 100  # COCOeval maxDets[-1], per image and class
@@ -72,12 +66,13 @@ def _accumulate(
     confidence: np.ndarray,
     classes: np.ndarray,
     truth_counts: np.ndarray,
-    coco: bool,
+    coco_precision: np.ndarray | None,
 ) -> ClassEvaluation:
     """Per-class AP and curves.
 
     true_positive (D, T), confidence (D,), classes (D,): sorted by class, then in the reference's
-    score order. truth_counts: (C,) ground truths per class.
+    score order. truth_counts: (C,) ground truths per class. coco_precision: COCOeval's
+    (T, 101, C) precision (AP from it), or None for ultralytics' AP.
     """
     num_classes, num_thresholds = len(truth_counts), true_positive.shape[1]
     grid = len(CONFIDENCE_GRID)
@@ -86,17 +81,16 @@ def _accumulate(
         pr_curve=np.full((num_classes, len(RECALL_POINTS)), np.nan),
         precision_curve=np.full((num_classes, grid), np.nan),
         recall_curve=np.full((num_classes, grid), np.nan),
-        coco_precision=np.full((num_thresholds, len(RECALL_POINTS), num_classes), -1.0),
+        coco_precision=np.full((num_thresholds, len(RECALL_POINTS), num_classes), -1.0)
+        if coco_precision is None else coco_precision,
     )
     bounds = np.searchsorted(classes, np.arange(num_classes + 1))  # (C + 1,) class segments
     for cls in np.flatnonzero(truth_counts):  # vectorized over detections and thresholds inside
         segment = slice(bounds[cls], bounds[cls + 1])
         hits, num_truths = true_positive[segment], int(truth_counts[cls])
-        if coco:
-            precision = coco_class_precision(hits, num_truths)  # (T, 101)
-            result.coco_precision[:, :, cls] = precision
-            result.ap[cls] = precision.mean(axis=1)
-            result.pr_curve[cls] = precision[0]
+        if coco_precision is not None:
+            result.ap[cls] = coco_precision[:, :, cls].mean(axis=1)
+            result.pr_curve[cls] = coco_precision[0, :, cls]
         elif len(hits):
             result.ap[cls], sampled = yolo_class_ap(hits, num_truths)
             result.pr_curve[cls] = sampled[0]
@@ -117,40 +111,54 @@ def _group_order(data: Detections, scores: np.ndarray, num_classes: int) -> tupl
     return order, group[order]
 
 
-def _match(data: Detections, order: np.ndarray, group: np.ndarray, num_classes: int, coco: bool) -> np.ndarray:
-    """True positives (len(order), 10) of the predictions `order`, which is sorted by `group`."""
-    truth_group = data.truth_images * num_classes + data.truth_classes
-    truth_order = np.argsort(truth_group, kind="stable")  # keeps each image's row order
-    pairs = same_group_pairs(group, truth_group[truth_order])
-    predicted = data.prediction_boxes[order[pairs.prediction]]
-    truth = data.truth_boxes[truth_order[pairs.ground_truth]]
-    if coco:
-        iou = coco_pair_iou(predicted, truth)
-        thresholds = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)  # COCOeval: iou = min([t, 1-1e-10])
-    else:
-        iou = yolo_pair_iou(predicted, truth)
-        thresholds = IOU_THRESHOLDS_FLOAT32
-    return greedy_match(pairs, iou, thresholds, group, len(order), len(truth_group), ties_to_last=coco)
+def evaluate_coco_mode(data: Detections, num_classes: int) -> tuple[ClassEvaluation, float, float]:
+    """COCOeval bbox, area "all", maxDets 100: (per-class evaluation, map50, map50_95).
 
-
-def evaluate_coco(data: Detections, num_classes: int) -> tuple[ClassEvaluation, float, float]:
-    """COCOeval bbox, area "all", maxDets 100: (per-class evaluation, map50, map50_95)."""
-    scores = data.prediction_scores
-    order, group = _group_order(data, scores, num_classes)
-    kept = rank_in_group(group) < COCO_MAX_DETECTIONS  # evaluateImg: dt[0:maxDet] per image and class
-    order, group = order[kept], group[kept]
-    true_positive = _match(data, order, group, num_classes, coco=True)
-    # accumulate: per class, detections of images in order, then mergesort by score (stable).
-    classes, kept_scores = data.prediction_classes[order], scores[order]
-    by_class = np.lexsort((-kept_scores, classes))
+    Image ids are the update order; boxes go to [x, y, w, h] as ``x2 - x1``, and a ground truth's
+    area is w * h (what a COCO file written from these boxes holds); no crowds.
+    """
+    truth_boxes = xyxy_to_xywh(data.truth_boxes)
+    core = run_coco(
+        CocoInput(
+            detection_boxes=xyxy_to_xywh(data.prediction_boxes),
+            detection_scores=data.prediction_scores,
+            detection_images=data.prediction_images,
+            detection_categories=data.prediction_classes,
+            truth_boxes=truth_boxes,
+            truth_areas=truth_boxes[:, 2] * truth_boxes[:, 3],
+            truth_crowd=np.zeros(len(truth_boxes), dtype=bool),
+            truth_counted=np.ones(len(truth_boxes), dtype=bool),
+            truth_images=data.truth_images,
+            truth_categories=data.truth_classes,
+            num_images=len(data.predictions_per_image),
+            num_categories=num_classes,
+        ),
+        IOU_THRESHOLDS,
+        np.array([ALL_AREAS]),
+        (COCO_MAX_DETECTIONS,),
+    )
+    precision = core.curves.precision[:, :, :, 0, 0]  # (T, 101, C), -1 without ground truth
+    order = core.detection_order  # kept detections: class, score descending, image, rank
+    hits = core.true_positives(len(IOU_THRESHOLDS))  # (D, T) at area "all"
     truth_counts = np.bincount(data.truth_classes, minlength=num_classes)
-    evaluation = _accumulate(true_positive[by_class], kept_scores[by_class], classes[by_class], truth_counts, True)
+    evaluation = _accumulate(hits, data.prediction_scores[order], data.prediction_classes[order], truth_counts, precision)
     # summarize: np.mean(s[s > -1]) over the (T, R, K) block, and over (R, K) at IoU 0.5.
-    precision = evaluation.coco_precision
     if not truth_counts.any():
         return evaluation, float("nan"), float("nan")
     at_50 = precision[:1]
     return evaluation, float(np.mean(at_50[at_50 > -1])), float(np.mean(precision[precision > -1]))
+
+
+def _match_yolo(data: Detections, order: np.ndarray, group: np.ndarray, num_classes: int) -> np.ndarray:
+    """True positives (len(order), 10) of the predictions `order`, which is sorted by `group`."""
+    truth_group = data.truth_images * num_classes + data.truth_classes
+    truth_order = np.argsort(truth_group, kind="stable")  # keeps each image's row order
+    pairs = same_group_pairs(group, truth_group[truth_order])
+    iou = yolo_pair_iou(data.prediction_boxes[order[pairs.prediction]], data.truth_boxes[truth_order[pairs.ground_truth]])
+    matches = greedy_match(pairs, iou, IOU_THRESHOLDS_FLOAT32, group, ties_to_last=False)
+    true_positive = np.zeros((len(order), len(IOU_THRESHOLDS)), dtype=bool)
+    true_positive[matches.prediction, matches.column] = True
+    return true_positive
 
 
 def evaluate_yolo(data: Detections, num_classes: int) -> tuple[ClassEvaluation, float, float]:
@@ -158,7 +166,7 @@ def evaluate_yolo(data: Detections, num_classes: int) -> tuple[ClassEvaluation, 
     scores = data.prediction_scores.astype(np.float32)  # the validator's conf tensor is float32
     order, group = _group_order(data, scores, num_classes)
     true_positive = np.empty((len(order), len(IOU_THRESHOLDS)), dtype=bool)
-    true_positive[order] = _match(data, order, group, num_classes, coco=False)
+    true_positive[order] = _match_yolo(data, order, group, num_classes)
     # The validator's stats: images in order, each in NMS order (score descending; ties: input order).
     validator_order = np.lexsort((-scores, data.prediction_images))
     # An image without predictions contributes np.zeros(0) (float64) to `conf`, which promotes the
@@ -175,7 +183,7 @@ def evaluate_yolo(data: Detections, num_classes: int) -> tuple[ClassEvaluation, 
         confidence[by_score][by_class],
         data.prediction_classes[ranked[by_class]],
         truth_counts,
-        False,
+        None,
     )
     present = truth_counts > 0
     if not present.any():
@@ -186,7 +194,7 @@ def evaluate_yolo(data: Detections, num_classes: int) -> tuple[ClassEvaluation, 
 
 def evaluate(data: Detections, num_classes: int, mode: str, num_images: int) -> MapResult:
     """Match, accumulate and summarise into a MapResult (main=None)."""
-    evaluator = evaluate_coco if mode == "coco" else evaluate_yolo
+    evaluator = evaluate_coco_mode if mode == "coco" else evaluate_yolo
     evaluation, map50, map50_95 = evaluator(data, num_classes)
     truth_counts = np.bincount(data.truth_classes, minlength=num_classes)
     present = truth_counts > 0

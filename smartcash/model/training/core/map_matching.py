@@ -3,8 +3,10 @@
 Matching is sequential inside one (image, class) group: a prediction may only take a ground truth
 that higher-scored predictions of the group left free. Groups are independent, so we iterate over
 the *rank* inside a group and handle the k-th candidate prediction of every group, at every
-threshold, with one set of numpy operations. The number of iterations is the largest number of
-predictions that overlap some ground truth in one group, not the number of images or boxes.
+threshold and every "view" (COCO's area ranges), with one set of numpy operations. The number of
+iterations is the largest number of predictions that overlap some ground truth in one group, not
+the number of images or boxes. COCOeval (map_evaluation, coco_core) and ultralytics semantics
+(map_evaluation) both run through ``greedy_match``.
 """
 
 from __future__ import annotations
@@ -26,33 +28,61 @@ class Pairs:
     ground_truth: np.ndarray
 
 
-def same_group_pairs(prediction_group: np.ndarray, truth_group: np.ndarray) -> Pairs:
-    """All pairs sharing a group id. Both inputs are sorted ascending: (N,) and (M,) -> Pairs."""
-    start = np.searchsorted(truth_group, prediction_group, side="left")  # (N,)
-    count = np.searchsorted(truth_group, prediction_group, side="right") - start  # (N,)
+@dataclass(frozen=True)
+class Matches:
+    """Every match made: prediction (Q,) int64, column (Q,) int64 = view * T + threshold index,
+    ground_truth (Q,) int64. A prediction appears at most once per column."""
+
+    prediction: np.ndarray
+    column: np.ndarray
+    ground_truth: np.ndarray
+
+
+def same_group_pairs(prediction_group: np.ndarray, truth_group: np.ndarray, num_groups: int | None = None) -> Pairs:
+    """All pairs sharing a group id. Both inputs are sorted ascending: (N,) and (M,) -> Pairs.
+
+    num_groups: an upper bound of the group ids, if small enough for a table (faster than
+    binary searches).
+    """
+    if num_groups is not None and num_groups <= 8 * (len(prediction_group) + len(truth_group)) + 4096:
+        per_group = np.bincount(truth_group, minlength=num_groups)
+        first = np.cumsum(per_group) - per_group
+        start, count = first[prediction_group], per_group[prediction_group]  # (N,) each
+    else:
+        start = np.searchsorted(truth_group, prediction_group, side="left")  # (N,)
+        count = np.searchsorted(truth_group, prediction_group, side="right") - start  # (N,)
     prediction = np.repeat(np.arange(len(prediction_group), dtype=np.int64), count)  # (P,)
     first_of_prediction = np.repeat(np.cumsum(count) - count, count)  # (P,)
     ground_truth = start[prediction] + (np.arange(len(prediction), dtype=np.int64) - first_of_prediction)
     return Pairs(prediction, ground_truth)
 
 
-def coco_pair_iou(predicted_xyxy: np.ndarray, truth_xyxy: np.ndarray) -> np.ndarray:
-    """IoU of paired boxes as pycocotools' ``maskUtils.iou`` computes it for bboxes (float64).
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """[x1, y1, x2, y2] -> COCO's [x, y, width, height]. (N, 4) -> (N, 4) float64."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
 
-    pycocotools works on [x, y, w, h] with no +1 on widths (maskApi.c ``bbIou``): the right edge is
-    ``w + x``, which can differ from x2 by rounding, so we go through xywh exactly as it does.
-    predicted_xyxy, truth_xyxy: (P, 4) -> (P,).
+
+def coco_pair_iou(predicted_xywh: np.ndarray, truth_xywh: np.ndarray, truth_crowd: np.ndarray | None = None) -> np.ndarray:
+    """IoU of paired [x, y, w, h] boxes as pycocotools' ``maskUtils.iou`` computes it (float64).
+
+    Same operations as maskApi.c ``bbIou``: no +1 on widths, right edge ``w + x``, union
+    ``area_d + area_g - intersection``; against a crowd ground truth the union is the
+    prediction's own area (the part of the prediction inside the crowd region). A box with zero
+    width or height, or no overlap, has IoU 0.
+    predicted_xywh, truth_xywh: (P, 4); truth_crowd: (P,) bool or None -> (P,).
     """
-    px, py = predicted_xyxy[:, 0], predicted_xyxy[:, 1]
-    pw, ph = predicted_xyxy[:, 2] - px, predicted_xyxy[:, 3] - py
-    gx, gy = truth_xyxy[:, 0], truth_xyxy[:, 1]
-    gw, gh = truth_xyxy[:, 2] - gx, truth_xyxy[:, 3] - gy
+    px, py, pw, ph = predicted_xywh.T
+    gx, gy, gw, gh = truth_xywh.T
     width = np.minimum(pw + px, gw + gx) - np.maximum(px, gx)
     height = np.minimum(ph + py, gh + gy) - np.maximum(py, gy)
     overlap = (width > 0) & (height > 0)  # bbIou: `if (w <= 0) continue` -> IoU 0
     iou = np.zeros(len(px), dtype=np.float64)
     intersection = width[overlap] * height[overlap]
-    union = pw[overlap] * ph[overlap] + gw[overlap] * gh[overlap] - intersection  # da + ga - i
+    predicted_area = pw[overlap] * ph[overlap]
+    union = predicted_area + gw[overlap] * gh[overlap] - intersection  # da + ga - i
+    if truth_crowd is not None:
+        union = np.where(truth_crowd[overlap], predicted_area, union)  # crowd: u = da
     iou[overlap] = intersection / union
     return iou
 
@@ -82,49 +112,175 @@ def rank_in_group(group: np.ndarray) -> np.ndarray:
     return index - np.maximum.accumulate(np.where(is_first, index, 0))
 
 
+def sort_lexicographic(columns: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Indices that sort rows by several non-negative integer columns, first column first.
+
+    columns: [(values (N,), number of distinct values)], the last one the row index 0..N-1, so
+    rows are distinct and the order unique. When everything fits in one int64 key we sort the keys
+    themselves (numpy's SIMD sort, ~3x faster than argsort) and read the row index back from
+    them; otherwise lexsort.
+    """
+    capacity = 1
+    for _, size in columns:
+        capacity *= max(int(size), 1)
+    if capacity < 2**63:
+        key = np.zeros(len(columns[0][0]), dtype=np.int64)
+        for values, size in columns:
+            key = key * max(int(size), 1) + values
+        return np.sort(key) % max(int(columns[-1][1]), 1)
+    return np.lexsort([values for values, _ in reversed(columns)])
+
+
+def _segment_max(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Row-wise maximum over each run of rows: (N, C), starts (S,) ascending from 0 -> (S, C).
+
+    Runs are short (the candidate ground truths of one prediction), so one pass per offset inside
+    a run beats ``np.maximum.reduceat``, which pays per run and column.
+    """
+    lengths = np.diff(np.append(starts, len(values)))
+    best = values[starts]
+    longest_first = np.argsort(-lengths, kind="stable")
+    longer = np.searchsorted(-lengths[longest_first], -np.arange(1, lengths.max()), side="left")  # runs with length > k
+    for offset, count in enumerate(longer, start=1):
+        runs = longest_first[:count]
+        best[runs] = np.maximum(best[runs], values[starts[runs] + offset])
+    return best
+
+
+def _by_preference(prediction: np.ndarray, iou: np.ndarray, truth: np.ndarray, ties_to_last: bool) -> tuple:
+    """Pairs sorted by prediction, then ascending preference: IoU, then the later (COCOeval) or
+    the earlier (ultralytics) ground truth among equal IoUs. (P,) each -> the same, sorted.
+
+    The three fields fit one int64 key in practice: sort the keys (SIMD) and decode them.
+    """
+    distinct, iou_rank = np.unique(iou, return_inverse=True)
+    iou_rank = iou_rank.reshape(-1)
+    num_truths, num_iou = int(truth.max()) + 1, len(distinct)
+    tie = truth if ties_to_last else num_truths - 1 - truth
+    if (int(prediction.max()) + 1) * num_iou * num_truths < 2**63:
+        key = np.sort((prediction * num_iou + iou_rank) * num_truths + tie)
+        prediction, rest = np.divmod(key, num_iou * num_truths)
+        iou_rank, tie = np.divmod(rest, num_truths)
+    else:
+        order = np.lexsort((tie, iou_rank, prediction))
+        prediction, iou_rank, tie = prediction[order], iou_rank[order], tie[order]
+    truth = tie if ties_to_last else num_truths - 1 - tie
+    return prediction, distinct[iou_rank], truth
+
+
+def _match_views(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    iou: np.ndarray,
+    pair_rank: np.ndarray,
+    thresholds: np.ndarray,
+    preferred: np.ndarray,
+    reusable: np.ndarray | None,
+    num_truths: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The greedy loop over ranks. Pairs sorted by (rank, prediction), each prediction's pairs in
+    ascending preference; preferred: (P, V) bool; reusable: (P,) or None.
+    Returns (prediction, column = view * T + threshold, truth) of every match."""
+    num_pairs, num_views = preferred.shape
+    num_columns = num_views * len(thresholds)
+    # key: a larger value is a better pair of the same prediction (the position encodes IoU and
+    # tie order, a preferred ground truth adds num_pairs); -1 below the threshold. key % num_pairs
+    # gives the pair back.
+    key_dtype = np.int32 if 2 * num_pairs < 2**31 else np.int64
+    base_key = np.arange(num_pairs, dtype=key_dtype)[:, None] + preferred.astype(key_dtype) * key_dtype(num_pairs)
+    passes = iou[:, None] >= thresholds[None, :]  # (P, T)
+    key = np.where(passes[:, None, :], base_key[:, :, None], key_dtype(-1)).reshape(num_pairs, num_columns)
+
+    segment_starts = np.flatnonzero(np.r_[True, prediction[1:] != prediction[:-1]])  # one per prediction
+    rank_bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2))
+    segment_bounds = np.searchsorted(segment_starts, rank_bounds)
+    matched = np.zeros((num_truths, num_columns), dtype=bool)  # taken, per view and threshold
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for rank in range(int(pair_rank[-1]) + 1):
+        low, high = rank_bounds[rank], rank_bounds[rank + 1]
+        starts = segment_starts[segment_bounds[rank] : segment_bounds[rank + 1]] - low
+        if rank == 0:  # nothing is taken yet
+            candidate_key = key[low:high]
+        else:
+            taken = matched[truth[low:high]]  # (S, C)
+            if reusable is not None:
+                taken &= ~reusable[low:high, None]
+            candidate_key = np.where(taken, key_dtype(-1), key[low:high])
+        best = _segment_max(candidate_key, starts).reshape(-1)  # (segments * C,), -1: no match
+        hit = np.flatnonzero(best >= 0)  # flat: much faster than nonzero on 2-D
+        chosen = best[hit] % key_dtype(num_pairs)
+        column = hit % num_columns
+        matched[truth[chosen], column] = True
+        found.append((prediction[chosen], column, truth[chosen]))
+    return tuple(np.concatenate(parts) for parts in zip(*found))
+
+
+def _uniform_groups(group: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+    """Per pair: do all pairs of its group carry the same pattern? (P,), (P,) small ints -> (P,).
+    Exact integer variance: count * sum(x^2) == sum(x)^2."""
+    _, index = np.unique(group, return_inverse=True)
+    index = index.reshape(-1)
+    count = np.bincount(index).astype(np.int64)
+    total = np.bincount(index, weights=pattern).astype(np.int64)
+    squares = np.bincount(index, weights=pattern.astype(np.float64) ** 2).astype(np.int64)
+    return (count * squares == total * total)[index]
+
+
 def greedy_match(
     pairs: Pairs,
     iou: np.ndarray,
     thresholds: np.ndarray,
     prediction_group: np.ndarray,
-    num_predictions: int,
-    num_truths: int,
     ties_to_last: bool,
-) -> np.ndarray:
-    """Greedy matching in prediction order, independently per group and threshold.
+    truth_preferred: np.ndarray | None = None,
+    truth_reusable: np.ndarray | None = None,
+) -> Matches:
+    """Greedy matching in prediction order, independently per group, view and threshold.
 
-    Each prediction, in index order inside its group, takes the free ground truth with the highest
-    IoU >= threshold; among equal IoUs the last ground truth (COCOeval) or the first (ultralytics).
-    pairs: P pairs with iou (P,); thresholds (T,); prediction_group (N,) sorted ascending.
-    Returns true_positive (N, T) bool.
+    Each prediction, in index order inside its group, takes the free ground truth it prefers
+    among those with IoU >= threshold: in COCOeval a ground truth that is not ignored in the view
+    (``truth_preferred``) beats any ignored one, whatever the IoUs (``evaluateImg`` sorts ignored
+    ground truth last and stops at the first one once it holds a regular match); then the highest
+    IoU; then among equal IoUs the last ground truth (COCOeval) or the first (ultralytics).
+    A ``truth_reusable`` ground truth (COCO crowd) stays free after being matched.
+
+    pairs: P pairs with iou (P,); thresholds (T,); prediction_group (N,) sorted ascending;
+    truth_preferred: (M, V) bool or None (one view, no preference); truth_reusable: (M,) or None.
     """
-    true_positive = np.zeros((num_predictions, len(thresholds)), dtype=bool)
+    empty = np.zeros(0, dtype=np.int64)
     keep = iou >= thresholds.min()  # a pair below every threshold can never match
     prediction, truth, iou = pairs.prediction[keep], pairs.ground_truth[keep], iou[keep]
     if len(prediction) == 0:
-        return true_positive
+        return Matches(empty, empty, empty)
+    prediction, iou, truth = _by_preference(prediction, iou, truth, ties_to_last)
     # Rank among the predictions that have a candidate: only they can take a ground truth away.
-    candidates, pair_candidate = np.unique(prediction, return_inverse=True)
-    pair_rank = rank_in_group(prediction_group[candidates])[pair_candidate]
-    # Inside one prediction, the best pair is the last valid one in (iou, tie key) order.
-    tie_key = truth if ties_to_last else -truth
-    order = np.lexsort((tie_key, iou, prediction, pair_rank))
-    prediction, truth, pair_rank = prediction[order], truth[order], pair_rank[order]
-    passes = iou[order][:, None] >= thresholds[None, :]  # (P, T)
-    segment_starts = np.flatnonzero(np.r_[True, prediction[1:] != prediction[:-1]])  # one per prediction
-    rank_bounds = np.searchsorted(pair_rank, np.arange(pair_rank[-1] + 2))
-    segment_bounds = np.searchsorted(segment_starts, rank_bounds)
-    matched = np.zeros((num_truths, len(thresholds)), dtype=bool)  # ground truth taken, per threshold
-    threshold_index = np.arange(len(thresholds))
-    for rank in range(int(pair_rank[-1]) + 1):
-        low, high = rank_bounds[rank], rank_bounds[rank + 1]
-        starts = segment_starts[segment_bounds[rank] : segment_bounds[rank + 1]] - low
-        truths = truth[low:high]
-        valid = passes[low:high] & ~matched[truths]  # (S, T)
-        position = np.where(valid, np.arange(high - low)[:, None], -1)
-        best = np.maximum.reduceat(position, starts, axis=0)  # (segments, T), -1: no match
-        segment, column = np.nonzero(best >= 0)
-        chosen = best[segment, column]
-        matched[truths[chosen], threshold_index[column]] = True
-        true_positive[prediction[low + starts[segment]], column] = True
-    return true_positive
+    is_first = np.r_[True, prediction[1:] != prediction[:-1]]
+    candidates = prediction[is_first]
+    pair_rank = rank_in_group(prediction_group[candidates])[np.cumsum(is_first) - 1]
+    rank_dtype = np.int16 if pair_rank.max() < 2**15 else np.int64  # int16: numpy's radix sort
+    by_rank = np.argsort(pair_rank.astype(rank_dtype), kind="stable")  # keeps preference order
+    prediction, truth, iou, pair_rank = prediction[by_rank], truth[by_rank], iou[by_rank], pair_rank[by_rank]
+    num_truths = int(pairs.ground_truth.max()) + 1
+    reusable = None if truth_reusable is None else truth_reusable[truth]
+    if truth_preferred is None or truth_preferred.shape[1] == 1:
+        preferred = np.ones((len(prediction), 1), dtype=bool) if truth_preferred is None else truth_preferred[truth]
+        return Matches(*_match_views(prediction, truth, iou, pair_rank, thresholds, preferred, reusable, num_truths))
+
+    # A group whose candidate ground truths share one preference pattern across the views (one
+    # object, or objects of one size) orders them alike in every view: match it once, copy.
+    num_views, num_thresholds = truth_preferred.shape[1], len(thresholds)
+    preferred = truth_preferred[truth]  # (P, V)
+    pattern = (preferred * (1 << np.arange(num_views))).sum(axis=1)
+    uniform = _uniform_groups(prediction_group[prediction], pattern)
+    parts = []
+    for subset, views in ((np.flatnonzero(uniform), 1), (np.flatnonzero(~uniform), num_views)):
+        if not len(subset):
+            continue
+        found = _match_views(prediction[subset], truth[subset], iou[subset], pair_rank[subset], thresholds,
+                             preferred[subset][:, :views], None if reusable is None else reusable[subset], num_truths)
+        if views == 1:  # the same matches in every view
+            found = (np.tile(found[0], num_views),
+                     (np.arange(num_views)[:, None] * num_thresholds + found[1][None, :]).reshape(-1),
+                     np.tile(found[2], num_views))
+        parts.append(found)
+    return Matches(*(np.concatenate(arrays) for arrays in zip(*parts)))

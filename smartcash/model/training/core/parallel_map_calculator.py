@@ -46,8 +46,9 @@ Both modes: precision, recall and F1 per class are read at the confidence (grid 
 width 0.1 (ultralytics ``ap_per_class``); in coco mode from COCO's matches at IoU 0.5 (of the kept
 top-100 detections) in COCO's order. COCO itself defines no such operating point.
 
-Speed: matching runs over all images, classes and thresholds at once (see ``map_matching``); only
-the per-class accumulation loops over classes, with vectorized work inside.
+Speed: matching runs over all images, classes and thresholds at once (see ``map_matching``). The
+coco mode runs through ``coco_core.run_coco``, the same matching and accumulation core as
+``evaluate_coco`` (COCO JSON files, all 12 COCOeval numbers, crowds and area ranges).
 """
 
 from __future__ import annotations
