@@ -25,7 +25,6 @@ from smartcash.model.training.checkpoint import save_checkpoint
 from smartcash.model.training.phases import EarlyStopping
 from smartcash.model.training.records import read_results
 from smartcash.model.training.registry import ModelRegistry
-from smartcash.model.training.stopping import directed
 from smartcash.train import Terminated, main as train_main, resume_config, sigterm_as_interrupt
 
 from .conftest import (copy_dataset, load_checkpoint_data, one_error_line, run_module, start_module, train_argv,
@@ -195,12 +194,12 @@ def test_early_stop_metric_typo_is_refused_before_training(tmp_path, good_data, 
 
 
 def test_early_stopping_on_a_loss_keeps_the_lowest_epoch() -> None:
-    tracker = directed(EarlyStopping("val/box_loss", patience=2))
+    tracker = EarlyStopping("val/box_loss", patience=2)
     assert [tracker.update(epoch, value) for epoch, value in enumerate([0.5, 0.4, 0.45, 0.6])] == \
         [True, True, False, False]
     assert (tracker.best, tracker.best_epoch) == (0.4, 1) and tracker.should_stop(3)
     assert not tracker.update(4, float("nan"))
-    fitness = directed(EarlyStopping("fitness", patience=2))
+    fitness = EarlyStopping("fitness", patience=2)
     assert [fitness.update(epoch, value) for epoch, value in enumerate([0.1, 0.3, 0.2])] == [True, True, False]
 
 

@@ -20,6 +20,7 @@ from smartcash.config import TrainConfig
 from smartcash.model.freeze import backbone_parameters, freeze_backbone, head_parameters, unfreeze_all
 from smartcash.model.training.optim import WarmupCosineSchedule, build_optimizer, build_param_groups
 from smartcash.model.training.recipe import PhaseRecipe
+from smartcash.model.training.records import lower_is_better
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ class PhaseAware(Protocol):
 
 
 class EarlyStopping:
-    """Tracks the best value of one metric (higher is better) and when it was reached.
+    """Tracks the best value of one metric and when it was reached: the highest for fitness and
+    mAP, the lowest for a loss column (``records.lower_is_better``).
 
     Args:
         metric: ``fitness`` or a results.csv column name.
@@ -39,12 +41,14 @@ class EarlyStopping:
     def __init__(self, metric: str, patience: int) -> None:
         self.metric = metric
         self.patience = patience
-        self.best = -math.inf
+        self.lower_is_better = lower_is_better(metric)
+        self.best = math.inf if self.lower_is_better else -math.inf
         self.best_epoch = -1
 
     def update(self, epoch: int, value: float) -> bool:
         """Record ``value`` for ``epoch``; True when it is a new best (NaN never is)."""
-        if math.isfinite(value) and value > self.best:
+        better = value < self.best if self.lower_is_better else value > self.best
+        if math.isfinite(value) and better:
             self.best, self.best_epoch = float(value), epoch
             return True
         return False

@@ -38,7 +38,6 @@ from smartcash.model.training.core.validation_executor import ValidationExecutor
 from smartcash.model.training.phases import enter_phase
 from smartcash.model.training.recipe import choose_recipe, resumed_recipe
 from smartcash.model.training.records import ResultsWriter
-from smartcash.model.training.stopping import directed
 from smartcash.taxonomy import load_loss_config
 
 logger = logging.getLogger(__name__)
@@ -221,7 +220,6 @@ class Trainer:
         self.validator = ValidationExecutor(self.taxonomy, show_progress=dist.is_main)
         self.phase_setup = enter_phase(config.phase, model, config, phase_recipe, len(self.train_loader),
                                        dist.world_size, self.validator)
-        self.phase_setup.early_stopping = directed(self.phase_setup.early_stopping)  # losses: lower is better
         self.close_mosaic = phase_recipe.close_mosaic if config.close_mosaic is None else config.close_mosaic
         self.optimizer = self.phase_setup.optimizer
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
