@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_learning [--data synthetic|vnd|DATA.yaml] [--epochs1 E1 --epochs2 E2]
         [--ultra-epochs E] [--imgsz 320] [--batch 16] [--threads N] [--workers W] [--seeds 0,1]
-        [--recipes auto|finetune,scratch] [--weights W] [--quick] [--skip-ultralytics] [--out NAME]
+        [--recipes auto|finetune,scratch] [--weights W] [--quick] [--skip-ultralytics | --skip-smartcash] [--out NAME]
 
 Not part of a plain ``python -m benchmarks`` (a full run takes tens of minutes): run it with
 ``python -m benchmarks --only learning`` or directly.
@@ -254,9 +254,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 + 4 synthetic 64 px images, 1 + 1 epochs")
     parser.add_argument("--skip-ultralytics", action="store_true", help="SmartCash runs only")
+    parser.add_argument("--skip-smartcash", action="store_true",
+                        help="ultralytics runs only (its curve is deterministic per seed: measure it once)")
     parser.add_argument("--out", default=None, help="results name (benchmarks/results/NAME.json; default learning, "
                                                     "learning_quick with --quick) or a path ending in .json")
     args = parser.parse_args(argv)
+    if args.skip_ultralytics and args.skip_smartcash:
+        parser.error("--skip-ultralytics and --skip-smartcash leave nothing to run")
     quick = args.quick
 
     def pick(value: int | None, full: int, small: int) -> int:
@@ -303,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in settings.seeds:  # seed by seed, so a change of machine load hits both trainers alike
             if not args.skip_ultralytics:
                 runs.append(run_ultralytics(settings, data.data_yaml, seed, work))
-            runs += [run_smartcash(settings, data.data_yaml, recipe, seed, work) for recipe in settings.recipes]
+            if not args.skip_smartcash:
+                runs += [run_smartcash(settings, data.data_yaml, recipe, seed, work) for recipe in settings.recipes]
     summary = summarize(runs)
     print_tables(runs, summary)
     info = {**machine_info(settings.device), "threads_per_run": settings.threads}
