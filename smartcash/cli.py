@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
+
+Result = TypeVar("Result")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -111,3 +114,22 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def write_into_folder(job: Callable[[], Result], out: str | os.PathLike[str]) -> tuple[Result | None, int]:
+    """Run ``job``, which writes a dataset under ``out`` (an importer, split), with the CLI contract:
+    ``(its result, 0)``, or ``(None, exit code)`` after one line on stderr (2 bad input, 130 Ctrl-C,
+    1 a failed write: the OSError names the file)."""
+    from smartcash.data.errors import DatasetError
+
+    try:
+        return job(), EXIT_OK
+    except DatasetError as error:
+        print_error(error)
+        return None, EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"interrupted: {out} is incomplete; delete it and run again", file=sys.stderr)
+        return None, EXIT_INTERRUPTED
+    except OSError as error:
+        print_error(f"{error} ({out} is incomplete; delete it and run again)")
+        return None, EXIT_FAILED

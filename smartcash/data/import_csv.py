@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from smartcash.cli import write_into_folder
 from smartcash.data.errors import DatasetError
 from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
                                         check_output_folder, declared_size_problem, flat_name,
@@ -193,17 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--symlink", dest="mode", action="store_const", const="symlink", help="symlink images")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        summary = import_csv(args.csv, args.images, args.out, args.names, args.mode or "copy", args.split)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: {args.out} is incomplete; delete it and run again", file=sys.stderr)
-        return 130
-    except OSError as error:  # a write under --out failed (full disk ...): the error names the file
-        print(f"error: {error} ({args.out} is incomplete; delete it and run again)", file=sys.stderr)
-        return 1
+    summary, code = write_into_folder(
+        lambda: import_csv(args.csv, args.images, args.out, args.names, args.mode or "copy", args.split), args.out)
+    if summary is None:
+        return code
     print(summary.report())
     return 0
 

@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from smartcash.data.dataset_config import IMAGE_SUFFIXES, load_dataset_config
+from smartcash.cli import write_into_folder
 from smartcash.data.errors import DatasetError
 from smartcash.data.labels import BAD_CLASS, parse_label_file
 from smartcash.data.yolo_writer import (SPLIT_ORDER, TransferMode, YoloLayoutWriter, check_output_folder,
@@ -235,18 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     classes.add_argument("--data", type=Path, help="dataset yaml to read class names from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        result = split_dataset(args.images, args.labels, args.out, args.ratios, args.seed,
-                               args.mode or "copy", args.names, args.data)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: {args.out} is incomplete; delete it and run again", file=sys.stderr)
-        return 130
-    except OSError as error:  # a write under --out failed (full disk ...): the error names the file
-        print(f"error: {error} ({args.out} is incomplete; delete it and run again)", file=sys.stderr)
-        return 1
+    result, code = write_into_folder(lambda: split_dataset(args.images, args.labels, args.out, args.ratios, args.seed,
+                                                          args.mode or "copy", args.names, args.data), args.out)
+    if result is None:
+        return code
     counts = result.plan.counts()
     summary = ", ".join(f"{split} {counts[split]}" for split in SPLIT_ORDER if split in counts)
     print(f"{summary} ({'stratified' if result.plan.stratified else 'random'}): {result.data_yaml}")
