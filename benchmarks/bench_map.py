@@ -258,12 +258,16 @@ def cocoeval_pycocotools(ground_truth, detections, params: dict | None = None):
             truth = COCO(str(ground_truth))
         found = truth.loadRes(copy.deepcopy(detections) if isinstance(detections, list) else
                               (str(detections) if isinstance(detections, (str, Path)) else detections))
-        evaluator = COCOeval(truth, found, "bbox")
-        for name, value in (params or {}).items():
-            setattr(evaluator.params, name, value)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
+        return _run_cocoeval(COCOeval(truth, found, "bbox"), params)
+
+
+def _run_cocoeval(evaluator, params: dict | None):
+    """Set ``params`` on a COCOeval-like evaluator, then evaluate, accumulate and summarize it."""
+    for name, value in (params or {}).items():
+        setattr(evaluator.params, name, value)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
     return evaluator
 
 
@@ -275,13 +279,7 @@ def cocoeval_faster(ground_truth, detections, params: dict | None = None):
         source = copy.deepcopy(ground_truth) if isinstance(ground_truth, dict) else str(ground_truth)
         truth = COCO(source)
         found = truth.loadRes(copy.deepcopy(detections) if isinstance(detections, list) else str(detections))
-        evaluator = COCOeval_faster(truth, found, "bbox", print_function=lambda *a, **k: None)
-        for name, value in (params or {}).items():
-            setattr(evaluator.params, name, value)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return evaluator
+        return _run_cocoeval(COCOeval_faster(truth, found, "bbox", print_function=lambda *a, **k: None), params)
 
 
 def torchmetrics_inputs(dataset: dict, results: list[dict]) -> tuple[list[dict], list[dict]]:

@@ -135,10 +135,12 @@ class ModelEMA:
     Trainable parameters and the floating-point buffers of trainable layers (BatchNorm running
     statistics) are averaged, as YOLOv5 does: copying the live statistics would pair averaged
     weights with the statistics of the latest weights. Frozen layers are copied, so a frozen
-    backbone stays bit-exact.
+    backbone stays bit-exact. What is trainable is read once, here: build the EMA after the phase
+    switch has frozen or unfrozen the model.
     """
 
     def __init__(self, model: nn.Module, decay: float, tau: float, updates: int = 0) -> None:
+        self.averaged = self.averaged_names(model)  # fixed for the phase; not re-derived every step
         self.module = copy.deepcopy(model).eval()
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
@@ -164,10 +166,9 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = self.decay * (1 - math.exp(-self.updates / self.tau))
-        averaged = self.averaged_names(model)
         source = model.state_dict()
         for name, value in self.module.state_dict().items():
-            if name in averaged:
+            if name in self.averaged:
                 value.mul_(decay).add_(source[name].detach(), alpha=1 - decay)
             else:
                 value.copy_(source[name])
