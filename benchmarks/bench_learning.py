@@ -238,7 +238,7 @@ def source_state() -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="synthetic", help="synthetic (default) | vnd | path to a data.yaml")
+    parser.add_argument("--data", default="synthetic", help="synthetic (default) | synthetic-large | vnd | path to a data.yaml")
     parser.add_argument("--epochs1", type=int, default=None, help="SmartCash phase 1 epochs (default 10; 1 --quick)")
     parser.add_argument("--epochs2", type=int, default=None, help="SmartCash phase 2 epochs (default 10; 1 --quick)")
     parser.add_argument("--ultra-epochs", type=int, default=None,

@@ -183,7 +183,7 @@ def print_table(record: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     workloads.add_common_arguments(parser)
-    parser.add_argument("--data", default="synthetic", help="synthetic (default) | vnd | path to a data.yaml")
+    parser.add_argument("--data", default="synthetic", help="synthetic (default) | synthetic-large | vnd | path to a data.yaml")
     parser.add_argument("--train-images", type=int, default=None,
                         help="use the first N train images (default 160; 64 with --quick)")
     args = parser.parse_args(argv)

@@ -186,7 +186,7 @@ def print_table(record: dict[str, Any], data: workloads.BenchData) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     workloads.add_common_arguments(parser)
-    parser.add_argument("--data", default="synthetic", help="synthetic (default) | vnd | path to a data.yaml")
+    parser.add_argument("--data", default="synthetic", help="synthetic (default) | synthetic-large | vnd | path to a data.yaml")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 3; 2 with --quick)")
     parser.add_argument("--train-images", type=int, default=None,
                         help="use the first N train images (default: all; 64 with --quick)")

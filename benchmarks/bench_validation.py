@@ -215,7 +215,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     workloads.add_common_arguments(parser)
-    parser.add_argument("--data", default="synthetic", help="synthetic (default) | vnd | path to a data.yaml")
+    parser.add_argument("--data", default="synthetic", help="synthetic (default) | synthetic-large | vnd | path to a data.yaml")
     parser.add_argument("--smartcash-weights", help="SmartCash checkpoint to validate (default: random init)")
     parser.add_argument("--ultralytics-weights", help="ultralytics .pt to validate (default: random init)")
     args = parser.parse_args(argv)

@@ -77,16 +77,21 @@ def ultralytics_device(device: str) -> str:
 
 
 def resolve_data(name: str) -> Path:
-    """``synthetic`` (SmartCash's built-in default set), ``vnd`` (the shipped Roboflow export), or a data.yaml."""
+    """``synthetic`` (SmartCash's built-in default set), ``synthetic-large`` (its notes cropped to fill
+    the frame: benchmarks/large_objects.py), ``vnd`` (the shipped Roboflow export), or a data.yaml."""
     if name == "synthetic":
         from smartcash.data.synthetic import ensure_synthetic_dataset
 
         return ensure_synthetic_dataset()
+    if name == "synthetic-large":
+        from benchmarks.large_objects import ensure_large_object_dataset
+
+        return ensure_large_object_dataset()
     if name == "vnd":
         return VND_DATA
     path = Path(name)
     if not path.is_file():
-        raise SystemExit(f"--data {name}: not 'synthetic', 'vnd' or an existing data.yaml")
+        raise SystemExit(f"--data {name}: not 'synthetic', 'synthetic-large', 'vnd' or an existing data.yaml")
     return path
 
 
