@@ -9,12 +9,13 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from smartcash.atomic import atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -132,15 +133,11 @@ def format_markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]])
 
 
 def write_results(name: str, payload: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
-    """Write `directory/<name>.json` atomically (temporary file + rename); returns the path."""
+    """Write `directory/<name>.json` atomically (smartcash.atomic); returns the path."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{name}.json"
     payload = {"benchmark": name, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2, default=_json_default)
-        handle.write("\n")
-        temporary = Path(handle.name)
-    os.replace(temporary, target)
+    atomic_write_text(target, json.dumps(payload, indent=2, default=_json_default) + "\n")
     return target
 
 

@@ -1,8 +1,8 @@
 """Cache of a split's scan (parsed labels, image sizes, problems), invalidated when any file changes.
 
-The cache is JSON (no pickle: a cache file is data, never code), written atomically (temp file +
-``os.replace``) next to the labels folder (``train/labels.train.cache``) or, when that folder is
-not writable, under ``$SMARTCASH_CACHE/labels`` (default ``~/.cache/smartcash``).
+The cache is JSON (no pickle: a cache file is data, never code), written atomically
+(``smartcash.atomic``) next to the labels folder (``train/labels.train.cache``) or, when that
+folder is not writable, under ``$SMARTCASH_CACHE/labels`` (default ``~/.cache/smartcash``).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from smartcash.data.checks import Problem, Sample, SplitReport, scan_split
+from smartcash.atomic import atomic_write_text
 from smartcash.data.dataset_config import DatasetConfig
 
 logger = logging.getLogger(__name__)
@@ -95,15 +95,7 @@ def _write_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not _writable(path.parent):
         raise PermissionError(f"{path.parent}: read-only")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(temporary, 0o644)
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, separators=(",", ":"))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, separators=(",", ":")))
 
 
 def load_split_report(config: DatasetConfig, split: str, workers: int | None = None) -> SplitReport:
