@@ -31,8 +31,8 @@ import yaml
 os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics: no settings sync, no downloads
 os.environ.setdefault("YOLO_VERBOSE", "False")  # its per-batch bars and tables would bury ours
 
-#: The real dataset the task ships with (a Roboflow export; SmartCash resolves its Colab paths).
-VND_DATA = Path(os.environ.get("SMARTCASH_VND_DATA", "/work/shared/datasets/vnd-banknotes/data.yaml"))
+#: Where ``--data vnd`` finds the VND Roboflow export's data.yaml (SmartCash resolves its Colab paths).
+VND_DATA_VARIABLE = "SMARTCASH_VND_DATA"
 SPLITS = (("train", "train"), ("val", "val"))  # (SmartCash split, folder in the link tree)
 
 
@@ -88,7 +88,11 @@ def resolve_data(name: str) -> Path:
 
         return ensure_large_object_dataset()
     if name == "vnd":
-        return VND_DATA
+        location = os.environ.get(VND_DATA_VARIABLE)
+        if not location or not Path(location).is_file():
+            raise SystemExit(f"--data vnd: set {VND_DATA_VARIABLE} to the export's data.yaml "
+                             f"(now {location or 'unset'}), or pass the data.yaml itself")
+        return Path(location)
     path = Path(name)
     if not path.is_file():
         raise SystemExit(f"--data {name}: not 'synthetic', 'synthetic-large', 'vnd' or an existing data.yaml")

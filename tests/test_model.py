@@ -111,8 +111,9 @@ def test_decode_inverts_a_hand_encoded_box() -> None:
     assert torch.allclose(decoded[0, index, :4], box, atol=1e-4)
     assert decoded[0, index, 4].item() == pytest.approx(1 / (1 + math.exp(-2.0)), abs=1e-6)
     assert len(cache) == 3
-    grid = cache.grid(4, 5, torch.device("cpu"), torch.float32)
-    assert cache.grid(4, 5, torch.device("cpu"), torch.float32) is grid
+    grid, anchor_grid = cache.grids(1, 4, 5, anchors, torch.device("cpu"), torch.float32)
+    assert cache.grids(1, 4, 5, anchors, torch.device("cpu"), torch.float32)[0] is grid
+    assert torch.equal(anchor_grid.view(-1, 2), anchors[1])
     cache.clear()
     assert len(cache) == 0
 

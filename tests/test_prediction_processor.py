@@ -65,6 +65,22 @@ def test_grid_cache_is_keyed_by_shape_and_dtype_and_cleared_by_set_phase(caplog)
     assert sum("phase" in record.getMessage() for record in caplog.records) == 1
 
 
+def test_anchor_grids_are_cached_so_set_phase_is_what_decodes_new_anchors() -> None:
+    # Phase 2 may start from a checkpoint with other anchors (autoanchor re-fitted them): until the
+    # phase switch clears the cache, decoding still multiplies by the old anchors.
+    processor = PredictionProcessor(4, FINE_TO_MAIN)
+    raw, refitted = _raw(1, 64), ANCHORS * 1.5
+    before = processor.decode(raw, ANCHORS, STRIDES)
+    stale = processor.decode(raw, refitted, STRIDES)
+    torch.testing.assert_close(stale, before)
+    processor.set_phase(2)
+    expected = decode_predictions(raw, refitted, STRIDES)
+    torch.testing.assert_close(processor.decode(raw, refitted, STRIDES), expected)
+    # wh scales with the anchor: 1.5x the first decode's, centres unchanged.
+    torch.testing.assert_close(expected[..., 2:4], before[..., 2:4] * 1.5)
+    torch.testing.assert_close(expected[..., :2], before[..., :2])
+
+
 def test_call_equals_decode_then_postprocess() -> None:
     processor = PredictionProcessor(4, FINE_TO_MAIN, conf_threshold=0.05)
     raw = _raw(2, 64)

@@ -20,14 +20,16 @@ import torch
 from smartcash.config import build_config, read_yaml
 from smartcash.data.synthetic import ensure_synthetic_dataset
 from smartcash.model.build import build_model
+from smartcash.model.head import decode_predictions
 from smartcash.model.loss import LossOutput, YoloLoss
+from smartcash.model.training.core.prediction_processor import PredictionProcessor
 from smartcash.model.training.optim import ModelEMA
 from smartcash.model.training.phases import EarlyStopping, enter_phase
 from smartcash.model.training.recipe import load_recipe
 from smartcash.model.training.records import read_results
 from smartcash.model.training.registry import ModelRegistry
 from smartcash.model.training.trainer import Trainer, optimization_step
-from smartcash.taxonomy import load_loss_config
+from smartcash.taxonomy import load_loss_config, load_taxonomy
 from smartcash.train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +153,33 @@ def test_phase_switch_freezes_then_unfreezes_backbone() -> None:
     changed = _backbone(model.state_dict())
     assert any(not torch.equal(backbone_before[k], changed[k]) for k in changed if k.endswith("conv.weight"))
     assert any(not torch.equal(backbone_before[k], changed[k]) for k in changed if k.endswith("running_mean"))
+
+
+def test_phase_switch_decodes_with_the_anchors_phase_2_starts_from() -> None:
+    config = build_config(["--device", "cpu", "--epochs", "2"])
+    recipe = load_recipe("scratch")
+    model = build_model("yolov5n", 17).eval()
+    processor = PredictionProcessor(17, load_taxonomy().fine_to_main)
+    enter_phase(1, model, config, recipe.phase(1), batches_per_epoch=4, prediction_processor=processor)
+    with torch.no_grad():
+        _, raw = model(torch.rand(1, 3, 64, 64))
+        processor.decode(raw, model.detect.anchors, model.detect.stride)  # phase 1's anchors cached
+        model.detect.anchors.mul_(2.0)  # phase 2's checkpoint carries other anchors
+    enter_phase(2, model, config, recipe.phase(2), batches_per_epoch=4, prediction_processor=processor)
+    torch.testing.assert_close(processor.decode(raw, model.detect.anchors, model.detect.stride),
+                               decode_predictions(raw, model.detect.anchors, model.detect.stride))
+
+
+def test_detect_decodes_with_the_anchors_of_a_loaded_state_dict() -> None:
+    model = build_model("yolov5n", 17).eval()
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        model(image)  # fills the head's grid cache with the built-in anchors
+        state = model.state_dict()
+        state["detect.anchors"] = state["detect.anchors"] * 0.5
+        model.load_state_dict(state)
+        decoded, raw = model(image)
+    torch.testing.assert_close(decoded, decode_predictions(raw, state["detect.anchors"], model.detect.stride))
 
 
 def test_schedule_warmup_then_cosine() -> None:

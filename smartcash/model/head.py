@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,27 +21,31 @@ PRIOR_CLASS_PROBABILITY = 0.6
 
 
 class GridCache:
-    """Cell-offset grids per (height, width, device, dtype), built once and reused every forward.
+    """Per (scale, height, width, device, dtype): the cell-offset grid and the anchor grid, built on
+    first use and reused every forward.
 
-    Only the grids are cached. Anchors are broadcast as (1, A, 1, 1, 2) at decode time, which
-    costs the same as multiplying by a cached anchor grid but can never go stale when the
-    anchors change (autoanchor, a loaded checkpoint).
+    The anchor grid is read from the anchors when its entry is built, so an entry goes stale when
+    the anchors change: whoever changes them clears the cache (autoanchor, loading weights, a
+    ``Detect`` loading a state dict, the prediction processor at a phase switch).
     """
 
     def __init__(self) -> None:
-        self._grids: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+        self._grids: dict[tuple[int, int, int, torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
-    def grid(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """(1, 1, height, width, 2) [x - 0.5, y - 0.5] of every cell, in cells."""
-        key = (height, width, torch.device(device), dtype)
-        grid = self._grids.get(key)
-        if grid is None:
+    def grids(self, level: int, height: int, width: int, anchors: Tensor, device: torch.device,
+              dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(1, 1, H, W, 2) [x - 0.5, y - 0.5] of every cell in cells, and (1, A, 1, 1, 2) the scale's
+        anchor [w, h] in input pixels (``anchors``: (L, A, 2), read only when the entry is built)."""
+        key = (level, height, width, torch.device(device), dtype)
+        entry = self._grids.get(key)
+        if entry is None:
             rows = torch.arange(height, device=device, dtype=dtype)
             columns = torch.arange(width, device=device, dtype=dtype)
             y, x = torch.meshgrid(rows, columns, indexing="ij")  # (H, W) each
-            grid = (torch.stack((x, y), dim=-1) - 0.5).view(1, 1, height, width, 2)
-            self._grids[key] = grid
-        return grid
+            cells = (torch.stack((x, y), dim=-1) - 0.5).view(1, 1, height, width, 2)
+            anchor = anchors[level].to(device=device, dtype=dtype).view(1, -1, 1, 1, 2)
+            entry = self._grids[key] = (cells, anchor)
+        return entry
 
     def clear(self) -> None:
         self._grids.clear()
@@ -59,7 +64,7 @@ def decode_predictions(raw: Sequence[Tensor], anchors: Tensor, strides: Tensor |
         raw: per scale (B, A, H, W, 5 + nc) logits.
         anchors: (L, A, 2) anchor [w, h] in input pixels, one row per scale.
         strides: (L,) pixels per cell of each scale.
-        cache: grids to reuse; a throwaway one when None.
+        cache: grids to reuse (cleared by whoever changes ``anchors``); a throwaway one when None.
 
     Returns:
         (B, N, 5 + nc), N = sum(A * H * W): [cx, cy, w, h] in input pixels, then objectness
@@ -68,9 +73,8 @@ def decode_predictions(raw: Sequence[Tensor], anchors: Tensor, strides: Tensor |
     cache = cache if cache is not None else GridCache()
     decoded = []
     for level, prediction in enumerate(raw):
-        batch, num_anchors, height, width, num_outputs = prediction.shape
-        grid = cache.grid(height, width, prediction.device, prediction.dtype)  # (1, 1, H, W, 2)
-        anchor = anchors[level].to(prediction.dtype).view(1, num_anchors, 1, 1, 2)
+        batch, _, height, width, num_outputs = prediction.shape
+        grid, anchor = cache.grids(level, height, width, anchors, prediction.device, prediction.dtype)
         probabilities = prediction.sigmoid()
         xy = (probabilities[..., :2] * 2 + grid) * strides[level]
         wh = (probabilities[..., 2:4] * 2).pow(2) * anchor
@@ -102,6 +106,11 @@ class Detect(nn.Module):
         self.register_buffer("stride", torch.tensor(strides, dtype=torch.float32), persistent=False)
         self.grid_cache = GridCache()
         self.initialize_biases()
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        """A loaded state dict may carry other anchors: the cached anchor grids go."""
+        self.grid_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def initialize_biases(self) -> None:
         """YOLOv5's priors: few objects per cell, classes near-uniform (faster, stabler start)."""
