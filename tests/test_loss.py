@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import complete_box_iou_loss
+from torchvision.ops import box_iou, complete_box_iou_loss
 
 from smartcash.model import build_model
-from smartcash.model.boxes import box_iou, complete_iou, xywh_to_xyxy
+from smartcash.model.boxes import complete_iou, xywh_to_xyxy
 from smartcash.model.head import Detect
 from smartcash.model.loss import YoloLoss
 from smartcash.taxonomy import LossConfig, load_loss_config

@@ -17,22 +17,6 @@ def xywh_to_xyxy(boxes: Tensor) -> Tensor:
     return torch.cat((center - size / 2, center + size / 2), dim=-1)
 
 
-def xyxy_to_xywh(boxes: Tensor) -> Tensor:
-    """[x1, y1, x2, y2] -> [cx, cy, w, h]. boxes: (..., 4) -> (..., 4)."""
-    top_left, bottom_right = boxes[..., :2], boxes[..., 2:4]
-    return torch.cat(((top_left + bottom_right) / 2, bottom_right - top_left), dim=-1)
-
-
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU of xyxy boxes. a: (N, 4), b: (M, 4) -> (N, M)."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)  # (N,)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)  # (M,)
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.minimum(a[:, None, 2:4], b[None, :, 2:4])  # (N, M, 2)
-    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=2)  # (N, M)
-    return intersection / (area_a[:, None] + area_b[None, :] - intersection + EPSILON)
-
-
 def complete_iou(predicted: Tensor, target: Tensor) -> Tensor:
     """Element-wise CIoU of xywh boxes (Zheng et al. 2020, as in YOLOv5's ``bbox_iou(CIoU=True)``).
 

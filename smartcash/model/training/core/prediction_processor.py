@@ -41,24 +41,14 @@ class Detections:
     counts: Tensor  # (B,) int64, detections per image
 
     @property
-    def batch_size(self) -> int:
-        return self.padded.shape[0]
-
-    @property
     def valid(self) -> Tensor:
         """(B, max_det) bool, True where ``padded`` holds a detection."""
         slots = torch.arange(self.padded.shape[1], device=self.padded.device)
         return slots[None, :] < self.counts[:, None]
 
-    @property
-    def main_boxes(self) -> Tensor:
-        """(K, 6) ``boxes`` with the class column replaced by the main class."""
-        return torch.cat((self.boxes[:, :5], self.main_class[:, None].to(self.boxes.dtype)), dim=1)
-
-    def per_image(self, main: bool = False) -> list[Tensor]:
-        """Per image (n_b, 6) views (host sync for the split sizes; not for per-batch hot paths)."""
-        boxes = self.main_boxes if main else self.boxes
-        return list(torch.split(boxes, self.counts.tolist()))
+    def per_image(self) -> list[Tensor]:
+        """Per image (n_b, 6) views of ``boxes`` (host sync for the split sizes: not for per-batch hot paths)."""
+        return list(torch.split(self.boxes, self.counts.tolist()))
 
 
 def rank_within_groups(sorted_groups: Tensor, num_groups: int) -> Tensor:
