@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from smartcash.model.anchors import (BPR_THRESHOLD, DEFAULT_ANCHORS, anchors_tensor, best_possible_recall,
-                                     check_anchors, kmean_anchors)
+from smartcash.model.anchors import (BPR_THRESHOLD, DEFAULT_ANCHORS, anchors_per_box, anchors_tensor,
+                                     best_possible_recall, check_anchors, kmean_anchors)
 from smartcash.model.head import Detect
 from smartcash.taxonomy import load_loss_config
 
@@ -78,3 +78,36 @@ def test_well_covered_boxes_leave_anchors_unchanged() -> None:
     assert not check.changed and check.bpr_before == check.bpr_after == 1.0
     assert check.anchors == tuple(tuple(map(float, anchor)) for anchor in DEFAULTS)
     assert torch.equal(head.anchors, anchors_tensor())
+
+
+def _large_boxes(count: int = 400) -> np.ndarray:
+    """(count, 2) one-note-per-photo boxes at 320 px: 60-95% of the picture on each side."""
+    rng = np.random.default_rng(2)
+    return rng.uniform(0.6, 0.95, size=(count, 2)) * IMGSZ
+
+
+def test_fresh_head_fits_large_boxes_the_defaults_leave_to_one_stride() -> None:
+    boxes = _large_boxes()
+    threshold = _threshold()
+    assert best_possible_recall(boxes, DEFAULTS, threshold) == 1.0  # low-recall mode would keep them...
+    matched = (np.minimum(boxes[:, None] / DEFAULTS[None], DEFAULTS[None] / boxes[:, None]).min(axis=2)
+               > 1 / threshold)  # (N, 9)
+    assert not matched[:, :3].any() and matched[:, 6:].all()  # ...though only stride 32's anchors match
+
+    kept = _head()
+    assert not check_anchors(kept, boxes, IMGSZ, generations=GENERATIONS, seed=0).changed
+    fitted = _head()
+    check = check_anchors(fitted, boxes, IMGSZ, generations=GENERATIONS, seed=0, refit="always")
+    assert check.changed and check.bpr_after == 1.0
+    written = fitted.anchors.reshape(-1, 2).double().numpy()
+    assert anchors_per_box(boxes, written, threshold) > 2 * anchors_per_box(boxes, DEFAULTS, threshold)
+    assert (written.min(axis=1) > 0.25 * boxes.min()).all()  # every stride gets anchors of these boxes' size
+
+
+def test_fresh_head_keeps_anchors_a_fit_does_not_beat() -> None:
+    boxes = np.repeat(DEFAULTS, 30, axis=0)  # exactly the default anchors: nothing fits better
+    head = _head()
+    check = check_anchors(head, boxes, IMGSZ, generations=GENERATIONS, seed=0, refit="always")
+    assert not check.changed and torch.equal(head.anchors, anchors_tensor())
+    with pytest.raises(ValueError, match="refit"):
+        check_anchors(head, boxes, IMGSZ, refit="sometimes")

@@ -77,6 +77,13 @@ def best_possible_recall(box_sizes: np.ndarray, anchors: np.ndarray, threshold: 
     return float((best > 1 / threshold).mean())
 
 
+def anchors_per_box(box_sizes: np.ndarray, anchors: np.ndarray, threshold: float) -> float:
+    """Mean number of anchors within ``threshold`` side ratio of a box (each one a positive per cell)."""
+    if len(box_sizes) == 0:
+        return 0.0
+    return float((_ratio_match(box_sizes, anchors) > 1 / threshold).sum(axis=1).mean())
+
+
 def _fitness(box_sizes: np.ndarray, anchors: np.ndarray, threshold: float) -> float:
     """YOLOv5's anchor fitness: mean best ratio, counting only boxes that can be matched."""
     best = _ratio_match(box_sizes, anchors).max(axis=1)
@@ -180,7 +187,8 @@ def write_anchors(model: nn.Module, anchors: Any) -> None:
 
 
 def check_anchors(model: nn.Module, dataset_wh: np.ndarray, imgsz: int, threshold: float | None = None,
-                  bpr_threshold: float = BPR_THRESHOLD, generations: int = 1000, seed: int = 0) -> AnchorCheck:
+                  bpr_threshold: float = BPR_THRESHOLD, generations: int = 1000, seed: int = 0,
+                  refit: str = "low-recall") -> AnchorCheck:
     """Check the model's anchors against the dataset; re-fit and write them when recall is low.
 
     Args:
@@ -190,7 +198,14 @@ def check_anchors(model: nn.Module, dataset_wh: np.ndarray, imgsz: int, threshol
         threshold: anchor side-ratio threshold; ``loss.json``'s anchor_threshold when None.
         bpr_threshold: re-fit when best possible recall is not above this.
         generations, seed: see ``kmean_anchors``.
+        refit: ``low-recall`` re-fits only below ``bpr_threshold`` (YOLOv5: for a head whose box
+            outputs were learnt with these anchors); ``always`` fits the dataset and keeps the fit
+            when its ratio fitness is higher (for a fresh head, which has learnt nothing with the
+            defaults: COCO's anchors at 640 px leave a dataset of large objects at 320 px to one
+            stride, a third of the positives per box a fit gives).
     """
+    if refit not in ("low-recall", "always"):
+        raise ValueError(f"refit must be 'low-recall' or 'always', not {refit!r}")
     if threshold is None:
         from smartcash.taxonomy import load_loss_config
 
@@ -200,6 +215,19 @@ def check_anchors(model: nn.Module, dataset_wh: np.ndarray, imgsz: int, threshol
     sizes = sizes[(sizes > 0).all(axis=1)]
     current = detect.anchors.detach().cpu().double().numpy().reshape(-1, 2)
     bpr_before = best_possible_recall(sizes, current, threshold)
+    if refit == "always" and len(sizes):
+        fitted = kmean_anchors(sizes, len(current), imgsz, threshold, generations, seed)
+        before, after = _fitness(sizes, current, threshold), _fitness(sizes, fitted, threshold)
+        if after <= before:
+            logger.info("autoanchor: the fit (fitness %.4f) is no better than the current anchors (%.4f), "
+                        "keeping them", after, before)
+            return AnchorCheck(bpr_before, bpr_before, _as_pairs(current), changed=False)
+        write_anchors(model, fitted)
+        bpr_after = best_possible_recall(sizes, fitted, threshold)
+        logger.info("autoanchor: fresh head, anchors fitted to the dataset: fitness %.4f -> %.4f, best "
+                    "possible recall %.4f -> %.4f, anchors per box %.1f -> %.1f", before, after, bpr_before,
+                    bpr_after, anchors_per_box(sizes, current, threshold), anchors_per_box(sizes, fitted, threshold))
+        return AnchorCheck(bpr_before, bpr_after, _as_pairs(fitted), changed=True)
     if bpr_before > bpr_threshold:
         logger.info("autoanchor: best possible recall %.4f, anchors fit the dataset", bpr_before)
         return AnchorCheck(bpr_before, bpr_before, _as_pairs(current), changed=False)

@@ -115,7 +115,11 @@ def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, t
         if config.autoanchor:
             from smartcash.model.anchors import check_anchors
 
-            check_anchors(model, dataset_box_sizes(train_dataset, config.imgsz), config.imgsz, seed=config.seed)
+            # A head whose box outputs were learnt (loaded) keeps its anchors unless recall is low;
+            # a fresh one has learnt nothing with them, so the anchors are fitted to the data.
+            head_loaded = any(name.startswith("detect.convs.") for name in loaded)
+            check_anchors(model, dataset_box_sizes(train_dataset, config.imgsz), config.imgsz, seed=config.seed,
+                          refit="low-recall" if head_loaded else "always")
         pretrained = any(name.startswith("backbone.") and name.endswith("running_var") for name in loaded)
         return StartingModel(model.to(device), pretrained)
     state, path = start.state, start.path
