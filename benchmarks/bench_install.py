@@ -40,7 +40,8 @@ from benchmarks.common import format_table, machine_info, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "Set up and run the main job"
-EPOCH_DONE = re.compile(r"epoch 0/(\d+): .* ([0-9.]+) s\s*$")  # the trainer's end-of-epoch log line
+#: The trainer's end-of-epoch log line: "epoch 0/N: mAP50 ... (best F @ E) SECONDS s; precise BN ...".
+EPOCH_DONE = re.compile(r"epoch 0/(\d+): .*\(best [^)]*\) ([0-9.]+) s\b")
 MARK = "@@bench-step"
 
 
