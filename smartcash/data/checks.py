@@ -126,7 +126,7 @@ def no_boxes_reason(config: DatasetConfig, report: SplitReport) -> str:
             " that the labels sit in labels/ next to images/, with the images' file stems")
 
 
-def default_workers() -> int:
+def default_scan_threads() -> int:
     """Threads for the scan: image header checks release the GIL."""
     return min(16, 4 * (os.cpu_count() or 1))
 
@@ -137,7 +137,7 @@ def scan_split(config: DatasetConfig, split: str, workers: int | None = None) ->
     Args:
         config: the dataset.
         split: ``train``, ``val`` or ``test``.
-        workers: threads for the image checks (default ``default_workers()``).
+        workers: threads for the image checks (default ``default_scan_threads()``).
 
     Raises:
         DatasetError: the split is missing (see ``DatasetConfig.images``).
@@ -145,7 +145,7 @@ def scan_split(config: DatasetConfig, split: str, workers: int | None = None) ->
     images = config.images(split)
     labels = [config.label_path(image) for image in images]
     num_classes = config.num_source_classes
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=workers or default_scan_threads()) as pool:
         results = list(pool.map(lambda pair: _check_one(pair[0], pair[1], num_classes),
                                 zip(images, labels)))
     samples = tuple(sample for sample, _, _ in results if sample is not None)

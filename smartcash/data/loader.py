@@ -13,7 +13,7 @@ from smartcash.data.dataset import YoloDataset, collate_batch
 from smartcash.data.dataset_config import DatasetConfig
 
 
-def default_workers() -> int:
+def default_loader_workers() -> int:
     """Two loader processes (or fewer CPUs): keeps both cores of a small machine busy."""
     return min(2, os.cpu_count() or 1)
 
@@ -46,7 +46,7 @@ def build_dataloader(config: DatasetConfig, split: str, imgsz: int, batch_size: 
         hyp: augmentation strengths.
     """
     dataset = YoloDataset(config, split, imgsz, augment=augment, hyp=hyp, seed=seed)
-    workers = default_workers() if workers is None else workers
+    workers = default_loader_workers() if workers is None else workers
     if workers > 0:
         import cv2
 
