@@ -20,7 +20,8 @@ import threading
 from collections.abc import Iterator
 
 from smartcash.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, print_error
-from smartcash.config import RESUME_OVERRIDES, ConfigError, TrainConfig, build_config, build_parser
+from smartcash.config import (DEFAULT_CONFIG, RESUME_OVERRIDES, ConfigError, TrainConfig, build_config,
+                              build_parser, read_yaml)
 
 logger = logging.getLogger("smartcash.train")
 
@@ -48,7 +49,11 @@ def resume_config(cli: TrainConfig, explicit: set[str]) -> TrainConfig:
     if (saved.get("project"), saved.get("name")) != (cli.project, cli.name):
         logger.info("--resume: %s was saved as %s/train/%s; continuing it where it is now", path,
                     saved.get("project"), saved.get("name"))
-    return TrainConfig.from_dict({**saved, **changed, **here, "resume": True}, source=f"{path} (config)")
+    # Keys added to the config after this checkpoint was written (e.g. tensorboard, mlflow): defaults.
+    added = {key: value for key, value in read_yaml(DEFAULT_CONFIG).items() if key not in saved}
+    if added:
+        logger.info("--resume: %s predates the key(s) %s; using their defaults", path, ", ".join(sorted(added)))
+    return TrainConfig.from_dict({**added, **saved, **changed, **here, "resume": True}, source=f"{path} (config)")
 
 
 class Terminated(KeyboardInterrupt):
