@@ -141,7 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_config(argv: list[str] | None = None) -> TrainConfig:
     """Parse ``argv``, merge default YAML < ``--config`` < flags, resolve device/imgsz, validate."""
-    args = vars(build_parser().parse_args(argv))
+    return config_from_arguments(vars(build_parser().parse_args(argv)))
+
+
+def config_from_arguments(arguments: dict[str, Any]) -> TrainConfig:
+    """``build_parser``'s parsed flags (None = not given) -> the config: default YAML < ``--config``
+    < flags, device and imgsz resolved, validated."""
+    args = dict(arguments)
     user_yaml = args.pop("config")
     values = read_yaml(DEFAULT_CONFIG)
     if user_yaml is not None:
