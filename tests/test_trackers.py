@@ -187,3 +187,14 @@ def test_tracking_server_down_costs_one_warning(tmp_path, data_yaml, monkeypatch
     assert len(read_results(tmp_path / "runs/train/down/phase1/results.csv")) == 2
     warnings = [record.getMessage() for record in caplog.records if record.name == TRACKER_LOGGER]
     assert len(warnings) == 1 and warnings[0].startswith("mlflow tracker failed in start")
+
+
+def test_resume_of_a_checkpoint_older_than_the_tracker_keys(tmp_path) -> None:
+    from smartcash.model.training.checkpoint import save_checkpoint
+    from smartcash.train import resume_config
+
+    cli = build_config(["--device", "cpu", "--project", str(tmp_path), "--name", "old", "--resume", "--mlflow"])
+    saved = {key: value for key, value in cli.to_dict().items() if key not in ("tensorboard", "mlflow")}
+    save_checkpoint(cli.run_dir / "weights" / "last.pt", {"model": {}, "config": {**saved, "epochs": 7}})
+    resumed = resume_config(cli, {"device", "project", "name", "resume", "mlflow"})
+    assert (resumed.epochs, resumed.tensorboard, resumed.mlflow) == (7, False, True)  # default; the flag given

@@ -27,8 +27,13 @@ PREDICTION_SCORE = 0.25
 
 
 def images_uint8(images: Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8 RGB."""
-    return (images.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8 RGB.
+
+    numpy, not torch ops: this runs on the background thread while the training thread forks its
+    loader workers, and torch's intra-op (OpenMP) threads are best kept out of that.
+    """
+    pixels = np.asarray(images.detach().cpu().numpy(), dtype=np.float32)
+    return np.ascontiguousarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1))
 
 
 def target_boxes(targets: Tensor, batch_size: int, height: int, width: int) -> list[np.ndarray]:

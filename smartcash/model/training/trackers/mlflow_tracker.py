@@ -77,8 +77,7 @@ class MlflowTracker(Tracker):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(self.experiment)
-        experiment_id = found.experiment_id if found is not None else self.client.create_experiment(self.experiment)
+        experiment_id = self._experiment_id()
         tags = {"smartcash.run_dir": str(run.run_dir.resolve()), "smartcash.resumed": str(run.resumed),
                 "smartcash.start_epoch": str(run.start_epoch)}
         self.run_id = self.client.create_run(experiment_id, run_name=run.run_name, tags=tags).info.run_id
@@ -86,6 +85,21 @@ class MlflowTracker(Tracker):
         params = [Param(key, value) for key, value in flatten(run.params).items()]
         for start in range(0, len(params), _MAX_PARAMS):
             self.client.log_batch(self.run_id, params=params[start:start + _MAX_PARAMS])
+
+    def _experiment_id(self) -> str:
+        """The experiment's id, made when missing (by this run, or by one starting at the same time)."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment)
+        except MlflowException:  # another run (phase, process) created it meanwhile
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
