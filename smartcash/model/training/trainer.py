@@ -245,14 +245,15 @@ class Trainer:
         if dist.is_main:
             self.folder_lock = run_lock.acquire(self.run_dir)  # this run owns the folder from here to the end
             run_setup.prepare_run_dir(config)
-            save_config(config, self.run_dir / "args.yaml", {"recipe_used": self.recipe.to_dict()})
+            resolved = {"recipe_used": self.recipe.to_dict()}
+            save_config(config, self.run_dir / "args.yaml", resolved)
             self.records = ResultsWriter(self.run_dir / "results.csv", config.records_flush_every,
                                          resume_before_epoch=self.start_epoch if start.resume else None,
                                          saved_rows=start.state.get("results") if start.resume else None)
             self.reports = RunReports(self.run_dir, self.taxonomy, build_trackers(config), pictures=config.plots)
             if self.reports.trackers:
                 logger.info("trackers: %s", ", ".join(self.reports.trackers.names))
-            params = {**config.to_dict(), "recipe_used": self.recipe.to_dict()}  # = args.yaml
+            params = {**config.to_dict(), **resolved}  # what args.yaml holds
             self.reports.run_started(RunInfo(self.run_dir, f"{config.name}/phase{config.phase}", params,
                                              start.resume, self.start_epoch), self.train_loader.dataset.labels)
 
