@@ -1,5 +1,6 @@
-"""What every ``python -m smartcash.X`` shares: its exit codes, and the checks of flag values and
-output paths made at the edge, before any work starts.
+"""What every ``python -m smartcash.X`` shares: its exit codes, the checks of flag values and
+output paths made at the edge, before any work starts, and the Python API's keyword arguments
+(the same flags, parsed by the same parser).
 
 The contract: ``error: ...`` on stderr naming the input and the fix, never a traceback;
 exit 0 done, 1 the run failed (bad data, unreadable file, failed write), 2 bad usage (a flag value,
@@ -9,11 +10,14 @@ a missing or wrong input file, an output that cannot be written), 130 interrupte
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import os
 import sys
+import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 Result = TypeVar("Result")
 
@@ -133,3 +137,98 @@ def write_into_folder(job: Callable[[], Result], out: str | os.PathLike[str]) ->
     except OSError as error:
         print_error(f"{error} ({out} is incomplete; delete it and run again)")
         return None, EXIT_FAILED
+
+
+# ---------------------------------------------------------------------- the Python API's keywords
+def keyword_of(option: str) -> str:
+    """The API keyword of a long flag: ``--precise-bn`` -> ``precise_bn``."""
+    return option.lstrip("-").replace("-", "_")
+
+
+def _flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """keyword -> the parser's action, for every long flag (``--no-x`` of an on/off flag excluded)."""
+    actions: dict[str, argparse.Action] = {}
+    for action in parser._actions:  # argparse has no public list of its actions
+        if isinstance(action, argparse._HelpAction):
+            continue
+        for option in action.option_strings:
+            negative = isinstance(action, argparse.BooleanOptionalAction) and option.startswith("--no-")
+            if option.startswith("--") and not negative:
+                actions[keyword_of(option)] = action
+    return actions
+
+
+def argv_from_keywords(parser: argparse.ArgumentParser, keywords: dict[str, Any], api: str) -> list[str]:
+    """The command line that API ``keywords`` stand for: ``epochs=30`` -> ``--epochs 30``.
+
+    A keyword is a long flag without its dashes, ``-`` read as ``_`` (``precise_bn`` for
+    ``--precise-bn``). On/off flags take True/False (False on a plain switch is the default: left
+    out); None leaves a flag out; paths and numbers become their text.
+
+    Raises:
+        TypeError: a keyword that is no flag of this command (the message lists the valid ones).
+    """
+    actions = _flag_actions(parser)
+    unknown = sorted(set(keywords) - set(actions))
+    if unknown:
+        raise TypeError(f"{api}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                        f"valid keywords (the flags of `{parser.prog}`): {', '.join(sorted(actions))}")
+    argv: list[str] = []
+    for keyword, value in keywords.items():
+        action = actions[keyword]
+        option = next(option for option in action.option_strings if keyword_of(option) == keyword)
+        if value is None:
+            continue
+        if action.nargs == 0:  # a switch: store_true / store_const / --x/--no-x
+            if not isinstance(value, bool):
+                raise TypeError(f"{api}(): {keyword} takes True or False, got {value!r}")
+            if value:
+                argv.append(option)
+            elif isinstance(action, argparse.BooleanOptionalAction):
+                argv.append(f"--no-{option[2:]}")
+        elif isinstance(value, (list, tuple)):
+            argv += [option, *(os.fspath(item) if isinstance(item, os.PathLike) else str(item) for item in value)]
+        else:
+            argv += [option, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
+    return argv
+
+
+def parse_keywords(parser: argparse.ArgumentParser, keywords: dict[str, Any], api: str) -> argparse.Namespace:
+    """Parse API ``keywords`` with the command's own parser, as its flags would be.
+
+    Raises:
+        TypeError: an unknown keyword; UsageError: a value the parser refuses (type, choice, missing).
+    """
+    argv = argv_from_keywords(parser, keywords, api)
+
+    def refuse(message: str) -> None:  # argparse would print the usage and exit: an API raises
+        raise UsageError(f"{api}(): {message} (keywords: {', '.join(f'{k}={v!r}' for k, v in keywords.items())})")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    return parser.parse_args(argv)
+
+
+class _CallableModule(types.ModuleType):
+    """A command's module that can also be called: ``smartcash.train(phase=1)`` (see ``callable_module``)."""
+
+    def __call__(self, *args: Any, **keywords: Any) -> Any:
+        return self.__dict__["_api_function"](*args, **keywords)
+
+    def __repr__(self) -> str:
+        return (f"<module {self.__name__!r}, callable as {self.__name__}(**flags) "
+                f"-> {self.__signature__.return_annotation}>")
+
+
+def callable_module(module_name: str, function: Callable[..., Any]) -> None:
+    """Make the module ``module_name`` callable as ``function``.
+
+    ``from smartcash import train`` gives the API function the issue promises, but
+    ``smartcash.train`` is also the module of ``python -m smartcash.train``, and Python binds a
+    package's submodule to the package's attribute of that name whenever it is imported. A module
+    that is also the function keeps both meanings whatever was imported first: ``train(phase=1)``
+    and ``train.main([...])``.
+    """
+    module = sys.modules[module_name]
+    module.__class__ = _CallableModule
+    module._api_function = function  # type: ignore[attr-defined]
+    module.__signature__ = inspect.signature(function)  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from smartcash.model.training.records import RESULTS_COLUMNS
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 MODELS = ("yolov5n", "yolov5s", "efficientnet_b4")
 #: Flags a ``--resume`` may change; everything else comes from the interrupted run's config.
-RESUME_OVERRIDES = ("device", "workers", "threads", "epochs", "patience")
+RESUME_OVERRIDES = ("device", "workers", "threads", "epochs", "patience", "tensorboard", "mlflow")
 #: What early stopping may track: fitness, and the results.csv columns of metrics and losses.
 EARLY_STOP_METRICS = ("fitness", *(column for column in RESULTS_COLUMNS
                                    if column.startswith(("metrics/", "val/", "train/"))))
@@ -56,6 +56,8 @@ class TrainConfig:
     autoanchor: bool
     amp: bool
     plots: bool
+    tensorboard: bool
+    mlflow: bool
     recipe: str
     warmup_epochs: float | None
     nominal_batch: int | None
@@ -130,12 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--close-mosaic", dest="close_mosaic", type=int, help="last N epochs without mosaic")
     add("--patience", type=int, help="epochs without improvement before stopping (0 = never)")
     add("--seed", type=int)
+    add("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+        help="TensorBoard event files in the run folder (needs the tensorboard package; default off)")
+    add("--mlflow", action=argparse.BooleanOptionalAction, default=None,
+        help="log to MLflow at MLFLOW_TRACKING_URI, else PROJECT/mlruns (needs mlflow or mlflow-skinny; default off)")
     return parser
 
 
 def build_config(argv: list[str] | None = None) -> TrainConfig:
     """Parse ``argv``, merge default YAML < ``--config`` < flags, resolve device/imgsz, validate."""
-    args = vars(build_parser().parse_args(argv))
+    return config_from_arguments(vars(build_parser().parse_args(argv)))
+
+
+def config_from_arguments(arguments: dict[str, Any]) -> TrainConfig:
+    """``build_parser``'s parsed flags (None = not given) -> the config: default YAML < ``--config``
+    < flags, device and imgsz resolved, validated."""
+    args = dict(arguments)
     user_yaml = args.pop("config")
     values = read_yaml(DEFAULT_CONFIG)
     if user_yaml is not None:
@@ -286,3 +298,9 @@ def _validate(config: TrainConfig, source: str) -> None:
             fail(key, "file not found")
     if not (config.device == "cpu" or config.device.startswith("cuda")):
         fail("device", "must be cpu, cuda or cuda:N")
+    from smartcash.model.training.trackers import TRACKERS, missing_package
+
+    for key in TRACKERS:
+        hint = missing_package(key) if getattr(config, key) else None
+        if hint:
+            fail(key, f"the {key} package is not installed: {hint}, or turn it off (--no-{key})")

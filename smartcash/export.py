@@ -1,5 +1,6 @@
 """``python -m smartcash.export``: export a checkpoint's eval-mode detector to ONNX, check the file,
-and compare onnxruntime with PyTorch on a random batch.
+and compare onnxruntime with PyTorch on a random batch; ``export(**flags)`` for Python
+(``from smartcash import export``; this module is callable as it).
 
 The ONNX graph takes ``images`` (B, 3, S, S) float32 RGB in [0, 1] (letterboxed, as
 ``smartcash.inference.Predictor.preprocess`` makes them) and returns ``output`` (B, N, 5 + nc):
@@ -22,6 +23,7 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,34 +170,88 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     return output_file("--output", output, inputs=[args.weights])
 
 
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``run_export`` wrote and measured."""
+
+    path: Path  # the .onnx file
+    imgsz: int
+    dynamic: bool
+    batch_size: int  # of the onnxruntime comparison
+    max_difference: float | None  # onnxruntime vs PyTorch, max abs; None without onnxruntime
+
+
+def prepare_export(args: argparse.Namespace) -> tuple[Path, Any, Any, dict[str, Any]]:
+    """Check the flags and onnx, load the checkpoint: (output path, model, taxonomy, checkpoint).
+
+    Raises:
+        UsageError, ExportError (onnx missing), CheckpointError: the CLI's exit 2.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from smartcash.inference import load_model
+
+    output = _check_arguments(args)
+    require_onnx()  # fail before the slow part, with the install hint
+    model, taxonomy, checkpoint = load_model(args.weights)
+    return output, model, taxonomy, checkpoint
+
+
+def run_export(args: argparse.Namespace, output: Path, model: Any, taxonomy: Any,
+               checkpoint: dict[str, Any]) -> ExportResult:
+    """Export, check with onnx, compare with onnxruntime; the file is written once, atomically.
+
+    Raises:
+        ExportError: the export or its check failed. OSError: the file could not be written.
+    """
+    from smartcash.data.dataset import stride_aligned
+    from smartcash.inference import checkpoint_imgsz
+
+    imgsz = stride_aligned(checkpoint_imgsz(checkpoint, args.imgsz))
+    metadata = {"names": json.dumps(list(taxonomy.names)), "main_names": json.dumps(list(taxonomy.main_names)),
+                "fine_to_main": json.dumps(list(taxonomy.fine_to_main)), "imgsz": str(imgsz),
+                "stride": json.dumps([int(s) for s in model.stride.tolist()]),
+                "output": "(batch, N, 5 + nc): cx, cy, w, h (input pixels), objectness, class probabilities"}
+    path = export_onnx(model, output, imgsz, args.opset, args.dynamic, metadata)
+    batch_size = 2 if args.dynamic else 1  # a batch other than the traced 1 shows the axis is dynamic
+    difference = compare_with_onnxruntime(model, path, imgsz, batch_size)
+    return ExportResult(path, imgsz, args.dynamic, batch_size, difference)
+
+
+def export(**flags: Any) -> Path:
+    """Export from Python: ``export(weights="best.pt")`` -> the ONNX file's path.
+
+    Keywords are the flags of ``python -m smartcash.export`` without their dashes (``output``,
+    ``opset``, ``dynamic=False`` ...), with the same defaults. Needs onnx (and onnxruntime for the
+    comparison with PyTorch).
+
+    Raises:
+        TypeError: an unknown keyword. ValueError (UsageError): bad flags. ExportError: onnx missing,
+        or the export or its check failed. CheckpointError: unreadable weights. OSError: a failed write.
+    """
+    from smartcash.cli import parse_keywords
+
+    args = parse_keywords(build_parser(), flags, "export")
+    return run_export(args, *prepare_export(args)).path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from smartcash.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, print_error
-    from smartcash.data.dataset import stride_aligned
-    from smartcash.inference import checkpoint_imgsz, load_model
     from smartcash.model.training.checkpoint import CheckpointError
 
     try:
-        output = _check_arguments(args)
-        require_onnx()  # fail before the slow part, with the install hint
-        model, taxonomy, checkpoint = load_model(args.weights)
+        prepared = prepare_export(args)
     except (CheckpointError, ExportError, UsageError) as error:
         print_error(error)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: nothing exported", file=sys.stderr)
         return EXIT_INTERRUPTED
-    imgsz = stride_aligned(checkpoint_imgsz(checkpoint, args.imgsz))
-    metadata = {"names": json.dumps(list(taxonomy.names)), "main_names": json.dumps(list(taxonomy.main_names)),
-                "fine_to_main": json.dumps(list(taxonomy.fine_to_main)), "imgsz": str(imgsz),
-                "stride": json.dumps([int(s) for s in model.stride.tolist()]),
-                "output": "(batch, N, 5 + nc): cx, cy, w, h (input pixels), objectness, class probabilities"}
+    output = prepared[0]
     try:
-        path = export_onnx(model, output, imgsz, args.opset, args.dynamic, metadata)
-        batch_size = 2 if args.dynamic else 1  # a batch other than the traced 1 shows the axis is dynamic
-        difference = compare_with_onnxruntime(model, path, imgsz, batch_size)
+        result = run_export(args, *prepared)
     except ExportError as error:
         print_error(error)
         return EXIT_FAILED
@@ -205,13 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: {output} not written (or left as it was)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    size_mb = path.stat().st_size / 1e6
-    print(f"exported {path} ({size_mb:.1f} MB, opset {args.opset}, input {'batch' if args.dynamic else 1}x3x{imgsz}x"
-          f"{imgsz}, {'dynamic' if args.dynamic else 'static'} batch)")
-    if difference is not None:
-        print(f"onnxruntime vs PyTorch on a random batch of {batch_size}: max abs diff {difference:.3g}")
+    size_mb = result.path.stat().st_size / 1e6
+    imgsz = result.imgsz
+    print(f"exported {result.path} ({size_mb:.1f} MB, opset {args.opset}, input {'batch' if args.dynamic else 1}x3x"
+          f"{imgsz}x{imgsz}, {'dynamic' if args.dynamic else 'static'} batch)")
+    if result.max_difference is not None:
+        print(f"onnxruntime vs PyTorch on a random batch of {result.batch_size}: max abs diff "
+              f"{result.max_difference:.3g}")
     return EXIT_OK
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
+else:
+    from smartcash.cli import callable_module
+
+    callable_module(__name__, export)

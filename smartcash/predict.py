@@ -1,4 +1,5 @@
-"""``python -m smartcash.predict``: detect banknotes in an image or a folder of images.
+"""``python -m smartcash.predict``: detect banknotes in an image or a folder of images; and
+``predict(**flags)`` for Python (``from smartcash import predict``; this module is callable as it).
 
 Per image: boxes (source pixels, xyxy), score, fine and main class, the denomination and the
 authentication features present. Writes the images with their detections drawn, plus
@@ -23,8 +24,9 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -221,58 +223,124 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     return save_dir
 
 
+@dataclass(frozen=True)
+class PredictionRun:
+    """What ``run_prediction`` did."""
+
+    predictions: list[ImagePrediction]  # the images read, in order
+    skipped: list[tuple[str, str]]  # (path, reason) of the files that could not be read
+    num_images: int  # images found under the source
+    save_dir: Path
+    json_path: Path
+    csv_path: Path
+    interrupted: bool  # Ctrl-C stopped it; the results of the images done were written
+
+
+def prepare_prediction(args: argparse.Namespace) -> tuple[Predictor, list[Path], Path]:
+    """Check the flags, find the images, load the model: (predictor, images, save folder not made yet).
+
+    Raises:
+        ArgumentsError, UsageError, CheckpointError, ConfigError, ValueError: the CLI's exit 2.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    import torch
+
+    from smartcash.config import resolve_device
+    from smartcash.inference import Predictor, checkpoint_imgsz, load_model
+
+    save_dir = _check_arguments(args)
+    images = find_images(args.source, save_dir)
+    device = torch.device(resolve_device(args.device, "--device"))
+    model, taxonomy, checkpoint = load_model(args.weights)
+    predictor = Predictor(model, taxonomy, checkpoint_imgsz(checkpoint, args.imgsz), device, args.conf, args.iou,
+                          args.max_det)
+    return predictor, images, save_dir
+
+
+def run_prediction(args: argparse.Namespace, predictor: Predictor, images: list[Path], save_dir: Path) -> PredictionRun:
+    """Predict ``images``, draw them into ``save_dir``, write predictions.json / .csv. Ctrl-C stops
+    after writing the results of the images done (``interrupted``).
+
+    Raises:
+        OSError: the save folder could not be written.
+    """
+    predictions: list[ImagePrediction] = []
+    skipped: list[tuple[str, str]] = []
+    interrupted = False
+    source = Path(args.source)
+    settings = {"weights": str(args.weights), "source": str(source), "imgsz": predictor.imgsz, "conf": args.conf,
+                "iou": args.iou, "max_det": args.max_det}
+    save_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        predict_images(predictor, images, source, save_dir, args.batch, predictions, skipped)
+    except KeyboardInterrupt:  # keep what is done: the results of the images predicted so far
+        interrupted = True
+    json_path, csv_path = write_results(save_dir, predictions, skipped, settings)
+    return PredictionRun(predictions, skipped, len(images), save_dir, json_path, csv_path, interrupted)
+
+
+def predict(**flags: Any) -> list[ImagePrediction]:
+    """Predict from Python: ``predict(weights="best.pt", source="images/")``.
+
+    Keywords are the flags of ``python -m smartcash.predict`` without their dashes (``save_dir``,
+    ``max_det`` ...), with the same defaults; the drawn images and predictions.json / .csv are
+    written as the CLI writes them.
+
+    Returns:
+        One ``ImagePrediction`` per readable image, in order: ``.detections`` (box in source
+        pixels, score, fine class, main class), ``.denomination`` and ``.features``.
+
+    Raises:
+        TypeError: an unknown keyword. ValueError (UsageError, ArgumentsError ...): bad flags,
+        weights or source. OSError: the save folder could not be written. KeyboardInterrupt after
+        writing the results of the images done.
+    """
+    from smartcash.cli import parse_keywords
+
+    args = parse_keywords(build_parser(), flags, "predict")
+    run = run_prediction(args, *prepare_prediction(args))
+    if run.interrupted:
+        raise KeyboardInterrupt(f"predict interrupted; the results of the images done are in {run.json_path}")
+    return run.predictions
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    import torch
-
     from smartcash.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, print_error
-    from smartcash.config import ConfigError, resolve_device
-    from smartcash.inference import Predictor, checkpoint_imgsz, load_model
+    from smartcash.config import ConfigError
     from smartcash.model.training.checkpoint import CheckpointError
 
     try:
-        save_dir = _check_arguments(args)
-        images = find_images(args.source, save_dir)
-        device = torch.device(resolve_device(args.device, "--device"))
-        model, taxonomy, checkpoint = load_model(args.weights)
-        predictor = Predictor(model, taxonomy, checkpoint_imgsz(checkpoint, args.imgsz), device,
-                              args.conf, args.iou, args.max_det)
+        predictor, images, save_dir = prepare_prediction(args)
     except (ArgumentsError, CheckpointError, ConfigError, UsageError, ValueError) as error:
         print_error(error)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: nothing predicted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    source = Path(args.source)
-    predictions: list[ImagePrediction] = []
-    skipped: list[tuple[str, str]] = []
-    interrupted = False
-    settings = {"weights": str(args.weights), "source": str(source), "imgsz": predictor.imgsz, "conf": args.conf,
-                "iou": args.iou, "max_det": args.max_det}
     try:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            predict_images(predictor, images, source, save_dir, args.batch, predictions, skipped)
-        except KeyboardInterrupt:  # keep what is done: the results of the images predicted so far
-            interrupted = True
-        json_path, csv_path = write_results(save_dir, predictions, skipped, settings)
+        run = run_prediction(args, predictor, images, save_dir)
     except OSError as error:  # the save folder filled up or went away: the error names the file
         print_error(f"{error} (predictions not saved)")
         return EXIT_FAILED
-    num_detections = sum(len(prediction.detections) for prediction in predictions)
-    print(f"{len(predictions)} images, {num_detections} detections, {len(skipped)} skipped -> {save_dir} "
-          f"({json_path.name}, {csv_path.name})")
-    if interrupted:
-        print(f"interrupted: {len(predictions) + len(skipped)} of {len(images)} images done; their results are in "
-              f"{json_path}", file=sys.stderr)
+    num_detections = sum(len(prediction.detections) for prediction in run.predictions)
+    print(f"{len(run.predictions)} images, {num_detections} detections, {len(run.skipped)} skipped -> {save_dir} "
+          f"({run.json_path.name}, {run.csv_path.name})")
+    if run.interrupted:
+        print(f"interrupted: {len(run.predictions) + len(run.skipped)} of {run.num_images} images done; their results "
+              f"are in {run.json_path}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if not predictions:
-        print_error(f"none of the {len(images)} images under {source} could be read")
+    if not run.predictions:
+        print_error(f"none of the {run.num_images} images under {args.source} could be read")
         return EXIT_FAILED
     return EXIT_OK
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
+else:
+    from smartcash.cli import callable_module
+
+    callable_module(__name__, predict)

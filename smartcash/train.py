@@ -1,4 +1,5 @@
-"""``python -m smartcash.train --phase {1,2}``: two-phase training (also under ``torchrun``).
+"""``python -m smartcash.train --phase {1,2}``: two-phase training (also under ``torchrun``), and
+``train(**flags)`` for Python (``from smartcash import train``; this module is callable as it).
 
 Exit codes (``smartcash.cli``): 0 done, 1 training stopped on an error (non-finite loss, bad
 checkpoint or weights, data, a failed write such as a full disk), 2 bad configuration or a run
@@ -18,9 +19,14 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from smartcash.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, print_error
-from smartcash.config import RESUME_OVERRIDES, ConfigError, TrainConfig, build_config, build_parser
+from smartcash.config import (DEFAULT_CONFIG, RESUME_OVERRIDES, ConfigError, TrainConfig, build_parser,
+                              config_from_arguments, read_yaml)
+
+if TYPE_CHECKING:
+    from smartcash.model.training.trainer import TrainResult
 
 logger = logging.getLogger("smartcash.train")
 
@@ -48,7 +54,11 @@ def resume_config(cli: TrainConfig, explicit: set[str]) -> TrainConfig:
     if (saved.get("project"), saved.get("name")) != (cli.project, cli.name):
         logger.info("--resume: %s was saved as %s/train/%s; continuing it where it is now", path,
                     saved.get("project"), saved.get("name"))
-    return TrainConfig.from_dict({**saved, **changed, **here, "resume": True}, source=f"{path} (config)")
+    # Keys added to the config after this checkpoint was written (e.g. tensorboard, mlflow): defaults.
+    added = {key: value for key, value in read_yaml(DEFAULT_CONFIG).items() if key not in saved}
+    if added:
+        logger.info("--resume: %s predates the key(s) %s; using their defaults", path, ", ".join(sorted(added)))
+    return TrainConfig.from_dict({**added, **saved, **changed, **here, "resume": True}, source=f"{path} (config)")
 
 
 class Terminated(KeyboardInterrupt):
@@ -108,6 +118,66 @@ def _resolve_data(config: TrainConfig, is_main: bool, world_size: int) -> TrainC
     return dataclasses.replace(config, data=str(ensure_synthetic_dataset()))
 
 
+def training_config(arguments: dict[str, Any]) -> TrainConfig:
+    """The run's config from parsed flags (None = not given); with ``resume``, the interrupted
+    run's saved config with the few flags a resume may change.
+
+    Raises:
+        ConfigError: a bad flag or config value; CheckpointError: ``last.pt`` missing or unreadable.
+    """
+    config = config_from_arguments(arguments)
+    if config.resume:
+        explicit = {key for key, value in arguments.items() if value is not None}
+        config = resume_config(config, explicit)
+    return config
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    """Train one phase: the work of ``python -m smartcash.train`` after its flags are read.
+
+    Under torchrun (WORLD_SIZE > 1) the process group is set up and torn down here. SIGTERM
+    stops training as Ctrl-C does (a ``Terminated``, a KeyboardInterrupt, after saving).
+
+    Raises:
+        the training's own errors (``NonFiniteLossError``, ``DatasetError``, ``CheckpointError``,
+        ``RunFolderBusyError``, ``OSError`` ...), KeyboardInterrupt.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics blocks: never touch the network
+    from smartcash.model.training.trainer import Trainer
+
+    distributed = _init_distributed(config)
+    try:
+        with sigterm_as_interrupt():
+            config = _resolve_data(config, distributed.is_main, distributed.world_size)
+            return Trainer(config, distributed).train()
+    finally:
+        if distributed.world_size > 1:
+            import torch.distributed
+
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+
+def train(**flags: Any) -> TrainResult:
+    """Train one phase from Python: ``train(phase=1, data="data.yaml", epochs=30)``.
+
+    Keywords are the flags of ``python -m smartcash.train`` without their dashes (``close_mosaic``
+    for ``--close-mosaic``; True/False for ``resume``, ``tensorboard``, ``mlflow``), with the same
+    defaults (``configs/default.yaml``, then a ``config=`` YAML).
+
+    Returns:
+        TrainResult: run folder, ``best.pt`` / ``last.pt``, best epoch and value, the best epoch's
+        ``results.csv`` row (``metrics``).
+
+    Raises:
+        TypeError: an unknown keyword. ConfigError / UsageError (ValueError): a bad value. The
+        training's errors as ``run_training``; KeyboardInterrupt after saving ``last.pt``.
+    """
+    from smartcash.cli import parse_keywords
+
+    return run_training(training_config(vars(parse_keywords(build_parser(), flags, "train"))))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     rank = int(os.environ.get("RANK", "0"))
@@ -118,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from smartcash.model.training.checkpoint import CheckpointError
 
     try:
-        config = build_config(args)
-        if config.resume:
-            explicit = {key for key, value in vars(build_parser().parse_args(args)).items() if value is not None}
-            config = resume_config(config, explicit)
+        config = training_config(vars(build_parser().parse_args(args)))
     except ConfigError as error:
         print_error(error)
         return EXIT_USAGE
@@ -132,14 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     from smartcash.data.errors import DatasetError
     from smartcash.model.training.registry import RegistryError
     from smartcash.model.training.run_lock import RunFolderBusyError
-    from smartcash.model.training.trainer import NonFiniteLossError, Trainer
+    from smartcash.model.training.trainer import NonFiniteLossError
     from smartcash.model.weights import WeightsError
 
-    distributed = _init_distributed(config)
     try:
-        with sigterm_as_interrupt():
-            config = _resolve_data(config, distributed.is_main, distributed.world_size)
-            result = Trainer(config, distributed).train()
+        result = run_training(config)
     except KeyboardInterrupt as interrupt:
         last = config.run_dir / "weights" / "last.pt"
         how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
@@ -158,13 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print_error(f"{error} (training stopped; files written before it are intact: fix the cause, "
                     "then continue with --resume)")
         return EXIT_FAILED
-    finally:
-        if distributed.world_size > 1:
-            import torch.distributed
-
-            if torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
-    if distributed.is_main:
+    if rank == 0:
         print(f"phase {config.phase} done: {result.epochs_completed} epochs"
               f"{' (early stop)' if result.stopped_early else ''}; best {config.early_stop_metric} "
               f"{result.best_value:.4f} at epoch {result.best_epoch}; weights {result.best_weights}")
@@ -173,3 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+else:
+    from smartcash.cli import callable_module
+
+    callable_module(__name__, train)

@@ -1,5 +1,6 @@
 """``python -m smartcash.val``: evaluate a checkpoint on a dataset split, print per-class metrics,
-save plots and optionally the full result as JSON.
+save plots and optionally the full result as JSON; ``validate(**flags)`` does the same from Python
+(``from smartcash import validate``) and returns the result.
 
 The checkpoint is loaded with ``torch.load(weights_only=True)`` (data, never code); its EMA weights
 are used when present, as YOLOv5 does. The dataset's classes are mapped by name onto the
@@ -15,6 +16,7 @@ import logging
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,27 +136,27 @@ def _precise_bn(model: Any, dataset: Any, imgsz: int, args: argparse.Namespace, 
           f"in {report.seconds:.1f} s")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate_checkpoint`` measured, with what it needs to report it."""
+
+    result: Any  # ValidationResult: .fine / .main MapResult, .classification, losses, fitness
+    taxonomy: Any
+    data: Path
+    imgsz: int
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> Evaluation:
+    """Validate ``args.weights`` on ``args.split`` of the dataset: the measuring part of
+    ``python -m smartcash.val`` (nothing printed, nothing written).
+
+    Raises:
+        UsageError: bad flags, weights, dataset or classes (the CLI's exit 2).
+    """
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    from smartcash.cli import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, print_error
-
-    try:
-        return _validate(args)
-    except UsageError as error:
-        print_error(error)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted: validation stopped, nothing written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-def _validate(args: argparse.Namespace) -> int:
     import torch
 
-    from smartcash.atomic import atomic_write_text
-    from smartcash.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_error
+    from smartcash.cli import UsageError
     from smartcash.config import ConfigError, resolve_device
     from smartcash.data.dataset_config import load_dataset_config
     from smartcash.data.errors import DatasetError
@@ -173,24 +175,78 @@ def _validate(args: argparse.Namespace) -> int:
         imgsz = checkpoint_imgsz(checkpoint, args.imgsz)
         loader = build_dataloader(dataset, args.split, imgsz, args.batch, workers=args.workers)
     except (CheckpointError, ConfigError, DatasetError, FileNotFoundError) as error:
-        print_error(error)
-        return EXIT_USAGE
+        raise UsageError(str(error)) from error
     if dataset.taxonomy.num_classes != model.num_classes:
-        print_error(f"{data} has {dataset.taxonomy.num_classes} classes, the model predicts {model.num_classes}")
-        return EXIT_USAGE
+        raise UsageError(f"{data} has {dataset.taxonomy.num_classes} classes, the model predicts {model.num_classes}")
     model.to(device)
     if args.precise_bn > 0:
         try:
             _precise_bn(model, dataset, imgsz, args, checkpoint, device)
         except DatasetError as error:
-            print_error(f"--precise-bn needs the training split: {error}")
-            return EXIT_USAGE
+            raise UsageError(f"--precise-bn needs the training split: {error}") from error
     executor = ValidationExecutor(taxonomy, mode=args.mode, conf_threshold=args.conf, iou_threshold=args.iou,
                                   progress_interval=args.progress_interval)
-    result = executor.run(model, loader, device)
+    return Evaluation(executor.run(model, loader, device), taxonomy, data, imgsz)
 
-    print(f"\n{data} [{args.split}]: {result.num_images} images, imgsz {imgsz}, mode {result.mode}, "
-          f"{result.images_per_second:.1f} images/s")
+
+def write_outputs(args: argparse.Namespace, evaluation: Evaluation) -> tuple[list[Path], Path | None]:
+    """The plots (unless ``--no-plots``) and the ``--json`` file; (plot paths, JSON path or None).
+
+    Raises:
+        OSError: a file could not be written (it names the file).
+    """
+    from smartcash.atomic import atomic_write_text
+
+    plots: list[Path] = []
+    if not args.no_plots:
+        from smartcash.plots import plot_validation
+
+        directory = run_directory(Path(args.weights), args.split, args.project, args.name)
+        plots = plot_validation(evaluation.result, directory, evaluation.taxonomy)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(evaluation.result.to_dict(), indent=2) + "\n")
+    return plots, Path(args.json) if args.json else None
+
+
+def validate(**flags: Any) -> Any:
+    """Validate a checkpoint from Python: ``validate(weights="best.pt", data="data.yaml")``.
+
+    Keywords are the flags of ``python -m smartcash.val`` without their dashes (``no_plots=True``,
+    ``precise_bn=128`` ...), with the same defaults; plots and ``json=`` are written as the CLI does.
+
+    Returns:
+        ValidationResult: ``.fine`` and ``.main`` (``MapResult``: map50, map50_95, per-class AP ...),
+        ``.classification`` (denomination accuracy, confusion matrix), losses, ``.fitness``.
+
+    Raises:
+        TypeError: an unknown keyword. UsageError (ValueError): bad flags, weights or dataset.
+        OSError: a plot or the JSON could not be written.
+    """
+    from smartcash.cli import parse_keywords
+
+    args = parse_keywords(build_parser(), flags, "validate")
+    evaluation = evaluate_checkpoint(args)
+    write_outputs(args, evaluation)
+    return evaluation.result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from smartcash.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, print_error
+
+    try:
+        evaluation = evaluate_checkpoint(args)
+    except UsageError as error:
+        print_error(error)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: validation stopped, nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    result, taxonomy = evaluation.result, evaluation.taxonomy
+    print(f"\n{evaluation.data} [{args.split}]: {result.num_images} images, imgsz {evaluation.imgsz}, mode "
+          f"{result.mode}, {result.images_per_second:.1f} images/s")
     print("\nFine classes\n" + class_table(result.fine, taxonomy.names, result.images_per_class, result.num_images))
     print("\nMain classes\n" + class_table(result.main, taxonomy.main_names, result.images_per_main_class,
                                             result.num_images))
@@ -198,18 +254,14 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"\nDenomination (per image): accuracy {denomination.accuracy:.3f}, precision {denomination.precision:.3f}, "
           f"recall {denomination.recall:.3f}, F1 {denomination.f1:.3f}; fitness {result.fitness:.4f}")
     try:
-        if not args.no_plots:
-            from smartcash.plots import plot_validation
-
-            directory = run_directory(Path(args.weights), args.split, args.project, args.name)
-            paths = plot_validation(result, directory, taxonomy)
-            print(f"plots: {', '.join(str(path) for path in paths)}")
-        if args.json:
-            atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
-            print(f"result: {args.json}")
+        plots, json_path = write_outputs(args, evaluation)
     except OSError as error:  # a full disk, a folder removed meanwhile: the error names the file
         print_error(f"{error} (the metrics above were computed; that file was not written)")
         return EXIT_FAILED
+    if plots:
+        print(f"plots: {', '.join(str(path) for path in plots)}")
+    if json_path:
+        print(f"result: {json_path}")
     return EXIT_OK
 
 

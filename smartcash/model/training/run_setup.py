@@ -72,6 +72,9 @@ def _respawn_workers_each_epoch(loader: Any) -> None:
         object.__setattr__(loader, "persistent_workers", False)
 
 
+#: Outputs of an earlier run of the same name and phase that a fresh run removes (not resume).
+STALE_OUTPUTS = ("events.out.tfevents.*", "labels.png", "train_batch*.jpg", "val_batch0_*.jpg")
+
 CALIBRATION_IMAGES = 256  # BatchNorm statistics settle well before this (YOLOv5 batches are 16-64)
 
 
@@ -194,6 +197,10 @@ def prepare_run_dir(config: TrainConfig) -> None:
         if stale:
             logger.warning("%s: replacing the previous run of this name and phase", config.run_dir)
             for path in stale:
+                path.unlink()
+        # The previous run's TensorBoard events and pictures would mix with this run's.
+        for pattern in STALE_OUTPUTS:
+            for path in config.run_dir.glob(pattern):
                 path.unlink()
     weights.mkdir(parents=True, exist_ok=True)
     # A process killed between writing and renaming leaves its hidden temp file (atomic.py): the

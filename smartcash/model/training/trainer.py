@@ -2,7 +2,9 @@
 
 Hooks, in the order they run: ``before_train`` (data, model, phase switch, resume), per epoch
 ``before_epoch`` (seeding) -> ``train_one_epoch`` -> ``after_epoch`` (validate the EMA weights,
-checkpoint, record, early stopping), then ``after_train`` (plots, registry).
+checkpoint, record, early stopping), then ``after_train`` (plots, registry). Each hook hands
+``RunReports`` (pictures, TensorBoard, MLflow) the plain data it shows; that work runs on a
+background thread, never in the way of a batch.
 
 Determinism (why a resumed CPU run ends bit-identical to an uninterrupted one): every RNG that
 training touches is re-seeded from (seed, epoch, rank) at the start of each epoch, the LR schedule
@@ -38,6 +40,8 @@ from smartcash.model.training.core.validation_executor import ValidationExecutor
 from smartcash.model.training.phases import enter_phase
 from smartcash.model.training.recipe import choose_recipe, resumed_recipe
 from smartcash.model.training.records import ResultsWriter
+from smartcash.model.training.reports import RunReports
+from smartcash.model.training.trackers import FAILED, FINISHED, KILLED, RunInfo, build_trackers
 from smartcash.taxonomy import load_loss_config
 
 logger = logging.getLogger(__name__)
@@ -155,6 +159,7 @@ class Trainer:
         self.last_row: dict[str, Any] = {}
         self.best_result: Any = None
         self.folder_lock: Any = None  # rank 0: the run folder's lock file (run_lock.py)
+        self.reports = RunReports.off()  # rank 0: pictures and trackers (before_train)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
@@ -174,6 +179,7 @@ class Trainer:
                     self._save_checkpoints(improved=False, interrupted=True)
                     self.records.flush()
                     logger.warning("interrupted: saved %s; continue with --resume", self.weights_dir / "last.pt")
+                    self.reports.run_ended(KILLED)
                 raise
             except BaseException:
                 if self.dist.is_main:
@@ -184,6 +190,7 @@ class Trainer:
                 raise
             return self.after_train(stopped_early)
         finally:
+            self.reports.close(FAILED)  # ends the trackers' run as failed unless it ended above; bounded wait
             run_lock.release(self.folder_lock)  # taken by before_train, before its first write
 
     # ------------------------------------------------------------------ hooks
@@ -238,10 +245,17 @@ class Trainer:
         if dist.is_main:
             self.folder_lock = run_lock.acquire(self.run_dir)  # this run owns the folder from here to the end
             run_setup.prepare_run_dir(config)
-            save_config(config, self.run_dir / "args.yaml", {"recipe_used": self.recipe.to_dict()})
+            resolved = {"recipe_used": self.recipe.to_dict()}
+            save_config(config, self.run_dir / "args.yaml", resolved)
             self.records = ResultsWriter(self.run_dir / "results.csv", config.records_flush_every,
                                          resume_before_epoch=self.start_epoch if start.resume else None,
                                          saved_rows=start.state.get("results") if start.resume else None)
+            self.reports = RunReports(self.run_dir, self.taxonomy, build_trackers(config), pictures=config.plots)
+            if self.reports.trackers:
+                logger.info("trackers: %s", ", ".join(self.reports.trackers.names))
+            params = {**config.to_dict(), **resolved}  # what args.yaml holds
+            self.reports.run_started(RunInfo(self.run_dir, f"{config.name}/phase{config.phase}", params,
+                                             start.resume, self.start_epoch), self.train_loader.dataset.labels)
 
     def before_epoch(self, epoch: int) -> None:
         """Re-seed every RNG from (seed, epoch, rank); tell samplers the epoch."""
@@ -274,6 +288,8 @@ class Trainer:
         for index, batch in enumerate(progress):
             iteration = epoch * batches + index
             schedule.apply(self.optimizer, iteration, epoch)
+            self.reports.learning_rates(iteration, self.optimizer)
+            self.reports.train_batch(epoch, index, batch.images, batch.targets, batch.paths)  # host tensors
             batch = batch.to(self.device)
             update = iteration - last_step >= schedule.batches_per_step(iteration) or index == batches - 1
             if update:
@@ -308,6 +324,7 @@ class Trainer:
             # ResultsWriter drops the row again, instead of a last.pt whose epoch has no row.
             self.records.add(row)
             self._save_checkpoints(improved=improved, interrupted=False)
+            self.reports.epoch_done(epoch, row, result, improved)
             logger.info("epoch %d/%d: mAP50 %.4f mAP50-95 %.4f %s %.4f (best %.4f @ %d) %.1f s; precise BN "
                         "%d images, %.1f s", epoch, self.config.epochs - 1,
                         row.get("metrics/mAP50", float("nan")), row.get("metrics/mAP50-95", float("nan")),
@@ -341,12 +358,14 @@ class Trainer:
         if result.best_weights.is_file():
             run_setup.register_run(self.config, result.best_weights, self.best_row or self.last_row,
                                    self.epoch + 1)
+        self.reports.run_ended(FINISHED)
         return result
 
     # ------------------------------------------------------------------ pieces
     def validate(self) -> Any:
         """Evaluate the EMA weights on the full val loader (rank 0)."""
-        return self.validator.run(self.ema.module, self.val_loader, self.device)
+        return self.validator.run(self.ema.module, self.val_loader, self.device,
+                                  keep_sample=self.reports.wants_validation_sample)
 
     def checkpoint_state(self, interrupted: bool) -> dict[str, Any]:
         """Everything needed to resume, as plain data (see ``checkpoint`` for the keys)."""

@@ -140,6 +140,11 @@ class ValidationBatchProcessor:
         self.num_batches += 1
         return losses
 
+    def batch_detections(self, index: int) -> Tensor:
+        """(K, 7) [image, x1, y1, x2, y2, score, class] of batch ``index`` since ``reset()``, on the
+        device; boxes in source pixels, image indices counted from the first batch."""
+        return self._detections[index]
+
     def running_loss(self) -> Tensor:
         """(3,) mean loss parts per image so far, on the device (reading it on the host syncs)."""
         if self._loss_sum is None:

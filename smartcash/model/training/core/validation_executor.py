@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from smartcash.model.training.core.classification_extractor import ClassificationExtractor, ClassificationResult
@@ -40,6 +40,29 @@ def _finite(value: float) -> float:
 
 
 @dataclass(frozen=True)
+class ValidationSample:
+    """The first validation batch, for pictures: what the model saw and what it predicted there."""
+
+    images: Tensor  # (B, 3, H, W) float32 in [0, 1], on the host, as the loader made them
+    targets: Tensor  # (n, 6) [image, class, cx, cy, w, h] normalised to (W, H)
+    predictions: Tensor  # (K, 7) [image, x1, y1, x2, y2, score, class] in input (letterboxed) pixels
+    paths: tuple[str, ...]
+
+
+def validation_sample(batch: Any, detections: Tensor) -> ValidationSample:
+    """The host copy of one batch and its detections (source pixels -> the batch's input pixels).
+
+    Args:
+        batch: the loader's ``Batch`` (host tensors).
+        detections: (K, 7) [image, x1, y1, x2, y2, score, class], source pixels, any device.
+    """
+    rows = detections.detach().float().cpu().clone()  # one transfer, once per validation
+    letterbox = batch.letterbox.float().cpu()[rows[:, 0].long()]  # (K, 3) [scale, pad_x, pad_y]
+    rows[:, 1:5] = rows[:, 1:5] * letterbox[:, :1] + letterbox[:, 1:3].repeat(1, 2)  # input = source * s + pad
+    return ValidationSample(batch.images.cpu(), batch.targets.cpu(), rows, tuple(batch.paths))
+
+
+@dataclass(frozen=True)
 class ValidationResult:
     """What one validation run measured, over every image it saw (all of them unless ``partial``)."""
 
@@ -56,6 +79,7 @@ class ValidationResult:
     seconds: float  # wall time of the loop, data loading included
     partial: bool  # True when a stop request ended the loop early
     mode: str  # "coco" or "yolo"
+    sample: ValidationSample | None = None  # the first batch, when asked for (pictures)
 
     @property
     def images_per_second(self) -> float:
@@ -147,7 +171,8 @@ class ValidationExecutor:
 
     def run(self, model: nn.Module, loader: Iterable[Any], device: torch.device | str | None = None,
             progress_callback: ProgressCallback | None = None, stop: StopRequest | None = None,
-            loss: LossFunction | None = None, compute_loss: bool = True) -> ValidationResult:
+            loss: LossFunction | None = None, compute_loss: bool = True,
+            keep_sample: bool = False) -> ValidationResult:
         """Validate ``model`` on every batch of ``loader``.
 
         Args:
@@ -158,6 +183,7 @@ class ValidationExecutor:
             stop: a callable or ``threading.Event``; checked every ``stop_check_interval`` batches.
                 When it asks to stop, the metrics of the batches done so far come back, ``partial=True``.
             loss: the validation loss; a ``YoloLoss(model, loss_config)`` when None and compute_loss.
+            keep_sample: keep the first batch and its detections (``result.sample``) for pictures.
         """
         device = torch.device(device) if device is not None else next(model.parameters()).device
         model_classes = getattr(model, "num_classes", self.taxonomy.num_classes)
@@ -172,11 +198,14 @@ class ValidationExecutor:
         was_training = model.training
         model.eval()
         partial = False
+        first_batch = None
         start = time.perf_counter()
         bar = tqdm(total=num_batches or None, desc="val", file=sys.stderr, disable=not self.show_progress,
                    dynamic_ncols=True, leave=False)
         try:
             for index, batch in enumerate(loader, start=1):
+                if keep_sample and index == 1:
+                    first_batch = batch  # the host tensors, before the copy to the device
                 batches.update(model, batch.to(device))
                 bar.update(1)
                 last = index == num_batches
@@ -190,6 +219,7 @@ class ValidationExecutor:
                     partial = True
                     break
             metrics = batches.compute()
+            sample = validation_sample(first_batch, batches.batch_detections(0)) if first_batch is not None else None
         finally:
             bar.close()
             model.train(was_training)
@@ -199,7 +229,7 @@ class ValidationExecutor:
                                 images_per_class=metrics.images_per_class,
                                 images_per_main_class=metrics.images_per_main_class,
                                 num_images=metrics.num_images, num_batches=metrics.num_batches, seconds=seconds,
-                                partial=partial, mode=self.mode)
+                                partial=partial, mode=self.mode, sample=sample)
 
 
 def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str | None = None, *,
