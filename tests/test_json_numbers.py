@@ -1,0 +1,126 @@
+"""json_numbers: runs of number characters parse to exactly json's float64, and anything that is
+not a JSON number (without exponent) is declined; read_records built on it declines what json
+would read differently, and evaluate_coco then reports json's own error (file, line, column)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smartcash.model.training.core.coco_evaluation import evaluate_coco
+from smartcash.model.training.core.coco_json import read_records
+from smartcash.model.training.core.json_numbers import number_mask, parse_numbers, scan_numbers
+
+
+def parse(text: str) -> np.ndarray | None:
+    chars = np.frombuffer(text.encode(), dtype=np.uint8)
+    _, starts, ends = scan_numbers(chars)
+    return parse_numbers(chars, starts, ends)
+
+
+def test_scan_numbers_splits_text_into_skeleton_and_runs() -> None:
+    chars = np.frombuffer(b'[{"a": -1.5, "b": [2, 30]}]', dtype=np.uint8)
+    skeleton, starts, ends = scan_numbers(chars)
+    assert skeleton == b'[{"a": , "b": [, ]}]'
+    assert [bytes(chars[s:e]) for s, e in zip(starts, ends)] == [b"-1.5", b"2", b"30"]
+    assert number_mask(np.frombuffer(b"-./09:a", dtype=np.uint8)).tolist() == [True, True, False, True, True, False, False]
+
+
+def test_scan_numbers_cuts_blocks_between_runs(monkeypatch) -> None:
+    import smartcash.model.training.core.json_numbers as json_numbers
+
+    text = ", ".join(str(1234567 + i) for i in range(100)).encode()
+    monkeypatch.setattr(json_numbers, "_TEXT_BLOCK", 5)  # every block ends inside a number
+    skeleton, starts, ends = scan_numbers(np.frombuffer(text, dtype=np.uint8))
+    assert skeleton == b", " * 99 and (ends - starts == 7).all() and len(starts) == 100
+
+
+@pytest.mark.parametrize("token", [
+    "0", "-0", "-0.0", "7", "10", "-12", "0.5", "-0.5", "12345678", "-1234567", "1234.567", "0.000001",
+    "99999999", "123456789", "-123456789.25", "0.30000000000000004", "9007199254740993", "1234567890123456789012",
+    "0.1000000000000000055511151231257827", "-0.00000000000000000000000123",
+])
+def test_numbers_parse_as_json(token: str) -> None:
+    values = parse(f"[{token}]")
+    assert values is not None and values.tolist() == [float(json.loads(token))]
+    assert np.signbit(values[0]) == np.signbit(float(json.loads(token)))  # "-0" is the integer 0, "-0.0" is -0.0
+
+
+@pytest.mark.parametrize("token", [
+    "01", "-01", "00", "-00.5", "1.", "-1.", ".5", "-.5", "1.2.3", "1..2", "-", "--1", "1-2", "1.-2", "0-",
+    "012345678", "1234567.89.5", "-012345678.5", "1.23456789.", "123456789-",
+])
+def test_what_json_rejects_is_declined(token: str) -> None:
+    with pytest.raises(ValueError):
+        json.loads(f"[{token}]")
+    assert parse(f"[{token}]") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False).map(lambda v: round(v, 2)),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.decimals(allow_nan=False, allow_infinity=False, places=3).map(str),
+), min_size=1, max_size=40))
+def test_any_json_number_list_parses_exactly(values) -> None:
+    text = json.dumps([json.loads(v) if isinstance(v, str) else v for v in values])
+    parsed = parse(text)
+    expected = [float(v) for v in json.loads(text)]
+    if any(c in text for c in "eE"):  # exponents: not one run, the layout check declines them
+        return
+    assert parsed is not None and parsed.tolist() == expected
+
+
+@pytest.mark.parametrize("text", [
+    b'[{"image_id": 1, "score": 1e-05}, {"image_id": 2, "score": 0.5}]',  # exponent
+    b'[{"image_id": 1, "score": 1E+2}]',
+    b'[{"image_id": 1, "score": NaN}]',  # json reads NaN / Infinity as floats
+    b'[{"image_id": 1, "score": -Infinity}]',
+    b'[{"image_id": 1, "extra": {"score": 0.5}}]',  # nested object
+    b'[{"image_id": 1, "bbox": [[1, 2], [3, 4]]}]',  # nested list
+    b'[{"image_id": 1, "score": 0.5}, {"image_id": 1, "score": 0.5, "extra": {"a": 1}}]',
+    b'[{"x1": 1, "y1": 2}]',  # a number character in a key
+    b'[{"image_id": 1, "sc\\u006fre": 0.5}]',  # an escaped key
+    b'[{"image_id": 1, "score": 0.5}, {"image_id": 1, "sc1re": , }]',
+    b'[{"image_id": 1, "score": 0.5}, {"image_1d": , "score": 0.5}]',  # a number moved into a key
+])
+def test_records_reader_declines_exponents_nesting_and_odd_keys(text: bytes) -> None:
+    assert read_records(text) is None
+
+
+def test_records_reader_takes_unicode_keys_and_long_numbers() -> None:
+    objects = [{"image_id": i, "scöre": 0.1 + i / 3, "bbox": [i, -0.0, 1e3 / 7, 2**53 + 1]} for i in range(5)]
+    records = read_records(json.dumps(objects, ensure_ascii=False).encode())  # UTF-8 key
+    assert records is not None and list(records.columns) == ["image_id", "scöre", "bbox"]
+    assert records.columns["scöre"].tolist() == [o["scöre"] for o in objects]
+    assert records.columns["bbox"].tolist() == [[float(v) for v in o["bbox"]] for o in objects]
+    assert read_records(json.dumps(objects).encode()) is None  # "sc\u00f6re": digits in a key, json reads it
+
+
+LINE = '{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}'
+
+
+@pytest.mark.parametrize("broken", [
+    LINE.replace("0.5", "01"),  # a leading zero: numpy would read 1
+    LINE.replace("4]", ".4]"),  # no digit before the dot
+    LINE.replace("0.5}", "0.5"),  # a brace missing
+    LINE.replace("1, 2", "1 2"),
+])
+def test_malformed_detections_file_names_file_line_and_column(tmp_path, broken: str) -> None:
+    text = f"[{LINE},\n {broken},\n {LINE}]"
+    with pytest.raises(json.JSONDecodeError) as error:
+        json.loads(text)
+    truth, found = tmp_path / "truth.json", tmp_path / "found.json"
+    truth.write_text(json.dumps({"images": [{"id": 1}], "categories": [{"id": 1}],
+                                 "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4],
+                                                  "area": 12, "iscrowd": 0}]}))
+    found.write_text(text)
+    position = f"line {error.value.lineno} column {error.value.colno} (char {error.value.pos})"
+    with pytest.raises(ValueError, match=rf"found\.json: not valid JSON \(.*{re.escape(position)}\)"):
+        evaluate_coco(truth, found)
