@@ -14,30 +14,33 @@ from hypothesis import strategies as st
 
 from smartcash.model.training.core.coco_evaluation import evaluate_coco
 from smartcash.model.training.core.coco_json import read_records
-from smartcash.model.training.core.json_numbers import number_mask, parse_numbers, scan_numbers
+from smartcash.model.training.core.json_numbers import number_mask, read_numbers
 
 
 def parse(text: str) -> np.ndarray | None:
-    chars = np.frombuffer(text.encode(), dtype=np.uint8)
-    _, starts, ends = scan_numbers(chars)
-    return parse_numbers(chars, starts, ends)
+    return read_numbers(text.encode()).values
 
 
-def test_scan_numbers_splits_text_into_skeleton_and_runs() -> None:
-    chars = np.frombuffer(b'[{"a": -1.5, "b": [2, 30]}]', dtype=np.uint8)
-    skeleton, starts, ends = scan_numbers(chars)
-    assert skeleton == b'[{"a": , "b": [, ]}]'
-    assert [bytes(chars[s:e]) for s, e in zip(starts, ends)] == [b"-1.5", b"2", b"30"]
+def test_read_numbers_splits_text_into_skeleton_and_numbers() -> None:
+    numbers = read_numbers(b'[{"a": -1.5, "b": [2, 30]}]')
+    assert b"".join(numbers.skeleton) == b'[{"a": , "b": [, ]}]'
+    assert numbers.slots.tolist() == [7, 15, 17] and numbers.values.tolist() == [-1.5, 2, 30]
     assert number_mask(np.frombuffer(b"-./09:a", dtype=np.uint8)).tolist() == [True, True, False, True, True, False, False]
+    for text, skeleton, slots in ((b"", b"", []), (b"7", b"", [0]), (b" 1 ", b"  ", [1]), (b"ab", b"ab", [])):
+        numbers = read_numbers(text)  # shorter than one word
+        assert b"".join(numbers.skeleton) == skeleton and numbers.slots.tolist() == slots and len(numbers.values) == len(slots)
 
 
-def test_scan_numbers_cuts_blocks_between_runs(monkeypatch) -> None:
+@pytest.mark.parametrize("block", [1, 5, 8, 64])
+def test_read_numbers_cuts_blocks_between_runs(monkeypatch, block: int) -> None:
     import smartcash.model.training.core.json_numbers as json_numbers
 
-    text = ", ".join(str(1234567 + i) for i in range(100)).encode()
-    monkeypatch.setattr(json_numbers, "_TEXT_BLOCK", 5)  # every block ends inside a number
-    skeleton, starts, ends = scan_numbers(np.frombuffer(text, dtype=np.uint8))
-    assert skeleton == b", " * 99 and (ends - starts == 7).all() and len(starts) == 100
+    values = [1234567 + i for i in range(50)] + [0.5, -123456789.25, 7] * 10
+    text = ", ".join(map(str, values)).encode()
+    monkeypatch.setattr(json_numbers, "_TEXT_BLOCK", block)  # blocks end inside numbers
+    numbers = read_numbers(text)
+    assert b"".join(numbers.skeleton) == b", " * (len(values) - 1)
+    assert numbers.slots.tolist() == [2 * i for i in range(len(values))] and numbers.values.tolist() == values
 
 
 @pytest.mark.parametrize("token", [
@@ -124,3 +127,18 @@ def test_malformed_detections_file_names_file_line_and_column(tmp_path, broken: 
     position = f"line {error.value.lineno} column {error.value.colno} (char {error.value.pos})"
     with pytest.raises(ValueError, match=rf"found\.json: not valid JSON \(.*{re.escape(position)}\)"):
         evaluate_coco(truth, found)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), head=st.binary(max_size=5), unit=st.binary(min_size=1, max_size=7),
+       times=st.integers(0, 6), tail=st.binary(max_size=5))
+def test_repeats_compares_pieces_with_the_pattern(data, head: bytes, unit: bytes, times: int, tail: bytes) -> None:
+    from smartcash.model.training.core.coco_json import _repeats
+
+    text = bytearray(head + unit * times + tail)
+    if data.draw(st.booleans()) and text:  # change one byte, or not
+        at = data.draw(st.integers(0, len(text) - 1))
+        text[at] = (text[at] + data.draw(st.integers(1, 255))) % 256
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    pieces = [bytes(text[a:b]) for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert _repeats(pieces, head, unit, times, tail) == (bytes(text) == head + unit * times + tail)

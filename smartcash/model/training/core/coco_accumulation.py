@@ -68,7 +68,7 @@ def _first_scores(categories: np.ndarray, scores: np.ndarray, included: np.ndarr
 class _Events:
     """The matched detections of every (area range, threshold) row, sorted by (row, column).
 
-    key: (E,) row * D + column; column: (E,); in_area: (E,) bool, the detection's own area is in
+    key: (E,) row << column_bits(D) | column; column: (E,); in_area: (E,) bool, the detection's own area is in
     the row's range. True positives, a subset: tp_event (P,) their positions among the events,
     tp_column, tp_group = row * K + category, tp_candidate = index of (area, column + 1) in the
     (A, D + 1) table of in-area counts.
@@ -83,13 +83,19 @@ class _Events:
     tp_candidate: np.ndarray
 
 
+def column_bits(num_detections: int) -> int:
+    """Bits of a column (a detection's place in accumulate order) in an event key
+    ``((row << bits | column) << 1) | is_true_positive``: read back with a shift and a mask."""
+    return max(num_detections, 1).bit_length()
+
+
 def _events(matched: np.ndarray, inside_area: np.ndarray, categories: np.ndarray, num_categories: int,
             num_thresholds: int) -> _Events:
-    """The matched detections ((row * D + column) << 1 | true positive, sorted), with what the
+    """The matched detections (event keys, see ``column_bits``, sorted), with what the
     accumulation reads of them."""
-    width = max(len(categories), 1)
+    width, bits = max(len(categories), 1), column_bits(len(categories))
     key = matched >> 1
-    row, column = np.divmod(key, width)
+    row, column = key >> bits, key & ((1 << bits) - 1)
     area = row // num_thresholds
     in_area = inside_area.reshape(-1)[area * width + column]
     tp_event = np.flatnonzero(matched & 1)
@@ -133,7 +139,7 @@ def _precision_and_scores(
     matched = np.zeros(len(in_area) + 1, dtype=np.int64)  # [e + 1]: matched in-area up to event e
     np.cumsum(in_area, out=matched[1:])
     segment = np.searchsorted(categories, np.arange(num_categories + 1))  # (K + 1,) column bounds
-    row_start = np.arange(num_areas * num_thresholds)[:, None] * max(num_detections, 1)
+    row_start = np.arange(num_areas * num_thresholds)[:, None] << column_bits(num_detections)
     first_event = np.searchsorted(events.key, row_start + segment[:-1]).reshape(-1)  # (A*T*K,)
     area_of_group = np.arange(num_groups) // (num_thresholds * num_categories)
     before = candidates[area_of_group, np.tile(segment[:-1], num_areas * num_thresholds)]
@@ -239,7 +245,7 @@ def accumulate(
     """COCOeval ``accumulate`` from the matching's outcome.
 
     matched: (E,) int64 sorted, one per detection matched in a row (area range, threshold):
-    ((row * D + column) << 1) | is_true_positive (else matched to an ignored ground truth, which
+    ((row << column_bits(D) | column) << 1) | is_true_positive (else matched to an ignored ground truth, which
     makes the detection ignored); columns in accumulate order: category ascending, then score
     descending, then image, then rank in its (image, category) group.
     outside_area: (A, D) bool, detection area outside the range (unmatched ones are then ignored);

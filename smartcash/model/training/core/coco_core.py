@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smartcash.model.training.core.coco_accumulation import CocoCurves, accumulate
+from smartcash.model.training.core.coco_accumulation import CocoCurves, accumulate, column_bits
 from smartcash.model.training.core.map_matching import (
     coco_pair_iou,
     greedy_match,
@@ -72,8 +72,8 @@ class CocoCoreResult:
     truths. detection_order: (D,) the detections within the largest maxDets, as indices into the
     input, in accumulate order (category, score descending, image, rank). matched: (E,) int64
     sorted, one per detection matched in a row (area range, threshold):
-    ((row * D + column) << 1) | is_true_positive, column = the detection's place in detection_order;
-    a detection not listed in a row is unmatched there (coco_accumulation's events).
+    ((row << column_bits(D) | column) << 1) | is_true_positive, column = the detection's place in
+    detection_order; a detection not listed in a row is unmatched there (coco_accumulation's events).
     """
 
     curves: CocoCurves
@@ -84,7 +84,8 @@ class CocoCoreResult:
     def true_positives(self, num_rows: int) -> np.ndarray:
         """(D, num_rows) bool: true positives in the first rows (num_rows = T: area range 0 at
         every threshold)."""
-        row, column = np.divmod(self.matched >> 1, max(len(self.detection_order), 1))
+        bits = column_bits(len(self.detection_order))
+        row, column = self.matched >> (bits + 1), (self.matched >> 1) & ((1 << bits) - 1)
         hits = np.zeros((len(self.detection_order), num_rows), dtype=bool)
         chosen = (self.matched & 1).astype(bool) & (row < num_rows)
         hits[column[chosen], row[chosen]] = True
@@ -161,7 +162,7 @@ def run_coco(
     # match (dtm == 0); else a true positive. Sorted keys carry (row, column, true positive).
     to_ignored = ignored[matches.ground_truth, matches.column // num_thresholds]
     listed = to_ignored | counted[matches.ground_truth]
-    key = (matches.column * max(len(order), 1) + position[matches.prediction]) * 2 + ~to_ignored
+    key = (((matches.column << column_bits(len(order))) | position[matches.prediction]) << 1) | ~to_ignored
     matched = np.sort(key[listed])
 
     detection_order = order[by_category]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smartcash.model.training.core.json_numbers import parse_numbers, scan_numbers
+from smartcash.model.training.core.json_numbers import read_numbers
 
 WHITESPACE = b" \t\n\r"
 _STRING = re.compile(rb'"[^"\\]*"')  # a key (values are numbers): no escapes, else json reads the file
@@ -52,15 +52,6 @@ class _Layout:
     slots: np.ndarray
 
 
-def _skeleton_and_slots(chars: np.ndarray) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
-    """Text without its number characters; each run of them as (starts, ends) in the text and as
-    its position in the skeleton (``slots``). chars: (L,) uint8."""
-    skeleton, starts, ends = scan_numbers(chars)
-    lengths = ends - starts
-    slots = starts - (np.cumsum(lengths) - lengths)  # number characters before a run do not count
-    return skeleton, starts, ends, slots
-
-
 def _layout(first: bytes) -> _Layout | None:
     """The layout of the first object, or None unless it is a flat object of numbers and lists of
     numbers, each number one run of number characters (no exponent, NaN or Infinity)."""
@@ -83,10 +74,33 @@ def _layout(first: bytes) -> _Layout | None:
     # Only keys, structure and number characters: "1e-05" or NaN would pass json as numbers.
     if _STRING.sub(b"", first).translate(None, b"{}[]:,-.0123456789" + WHITESPACE):
         return None
-    skeleton, _, _, slots = _skeleton_and_slots(np.frombuffer(first, dtype=np.uint8))
-    if len(slots) != sum(max(width, 1) for width in widths):
+    numbers = read_numbers(first)
+    if len(numbers.slots) != sum(max(width, 1) for width in widths):
         return None  # a repeated key (json keeps one), or a number character in a key
-    return _Layout(tuple(parsed), tuple(widths), skeleton, slots)
+    return _Layout(tuple(parsed), tuple(widths), b"".join(numbers.skeleton), numbers.slots)
+
+
+def _repeats(pieces: list[bytes], head: bytes, unit: bytes, times: int, tail: bytes) -> bool:
+    """b"".join(pieces) == head + unit * times + tail, without building either side."""
+    if sum(map(len, pieces)) != len(head) + len(unit) * times + len(tail):
+        return False
+    body_end = len(head) + len(unit) * times  # where the tail starts
+    longest = max(map(len, pieces), default=0)
+    pattern = unit * (longest // max(len(unit), 1) + 2)  # any piece of the body is a slice of it
+    offset = 0
+    for piece in pieces:
+        view, end = memoryview(piece), offset + len(piece)
+        if offset < len(head) and view[: len(head) - offset] != head[offset : min(end, len(head))]:
+            return False
+        start, stop = max(offset, len(head)), min(end, body_end)  # the part inside unit * times
+        if start < stop:
+            phase = (start - len(head)) % len(unit)
+            if view[start - offset : stop - offset] != pattern[phase : phase + stop - start]:
+                return False
+        if end > body_end and view[max(body_end - offset, 0) :] != tail[max(offset - body_end, 0) : end - body_end]:
+            return False
+        offset = end
+    return True
 
 
 def read_records(text: bytes, start: int = 0, end: int | None = None) -> Records | None:
@@ -110,23 +124,21 @@ def read_records(text: bytes, start: int = 0, end: int | None = None) -> Records
     separator = region[closing + 1 : following] if following >= 0 else b""
     if head.strip() != b"[" or tail.strip() != b"]" or (following >= 0 and separator.strip() != b","):
         return None
-    chars = np.frombuffer(region, dtype=np.uint8)
-    skeleton, starts, ends, slots = _skeleton_and_slots(chars)
+    numbers = read_numbers(region)
     unit = len(layout.skeleton) + len(separator)
-    count, remainder = divmod(len(skeleton) - len(head) - len(tail) + len(separator), unit)
-    if remainder or count < 1 or (count > 1 and following < 0):
-        return None
-    if skeleton != head + (layout.skeleton + separator) * (count - 1) + layout.skeleton + tail:
-        return None
+    count, remainder = divmod(sum(map(len, numbers.skeleton)) - len(head) - len(tail) + len(separator), unit)
     per_object = len(layout.slots)
-    if len(slots) != count * per_object:
+    if remainder or count < 1 or (count > 1 and following < 0) or len(numbers.slots) != count * per_object:
         return None
-    expected = len(head) + np.arange(count)[:, None] * unit + layout.slots  # (count, per_object)
-    if not np.array_equal(slots.reshape(count, per_object), expected):
+    if not _repeats(numbers.skeleton, head, layout.skeleton + separator, count - 1, layout.skeleton + tail):
+        return None
+    # Each number where the first object has one: slot j of object i at head + i * unit + slots[j].
+    offsets = numbers.slots.reshape(count, per_object) - layout.slots  # (count, per_object)
+    if not (offsets == (len(head) + unit * np.arange(count))[:, None]).all():
         return None  # a number in a key, and an empty slot elsewhere
-    values = parse_numbers(chars, starts, ends)
-    if values is None:
+    if numbers.values is None:
         return None
+    values = numbers.values
     table = values.reshape(count, per_object)
     columns, column = {}, 0
     for key, width in zip(layout.keys, layout.widths):

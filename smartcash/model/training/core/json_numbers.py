@@ -1,7 +1,7 @@
 """JSON numbers in a text -> float64, vectorised with numpy: the values ``json.loads`` gives
 (correctly rounded), or None when a token is not a JSON number.
 
-A token is a maximal run of the characters ``-.0-9`` (``scan_numbers`` finds them). Each token
+A token is a maximal run of the characters ``-.0-9`` (``read_numbers`` finds them). Each token
 is loaded right-aligned into uint64 words, zero bytes before it, and checked against JSON's
 grammar ``-?(0|[1-9][0-9]*)(\\.[0-9]+)?`` with bitwise operations on whole arrays of words (one
 0/1 flag per byte). A token of at most 8 characters (what a writer that rounds its numbers
@@ -16,12 +16,13 @@ a dozen array operations stay in the CPU cache: about 3x faster than whole-array
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 WORD = 8  # bytes in a uint64
 _U64 = np.dtype("<u8")  # explicit little endian: byte 0 is the token's leftmost column
-_TEXT_BLOCK = 1 << 18  # bytes at a time in scan_numbers
-_TOKEN_BLOCK = 1 << 16  # tokens at a time: (64 Ki,) uint64 temporaries are 512 KiB
+_TEXT_BLOCK = 1 << 18  # bytes at a time: ~16 Ki numbers of a COCO results file, 128 KiB a uint64 array
 _NUMBER_CODES = frozenset(b"-.0123456789")
 _MINUS = ord("-")
 
@@ -49,29 +50,6 @@ def number_runs(is_number: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(is_number) and is_number[-1]:
         edges = np.concatenate([edges, [len(is_number)]])
     return edges[0::2], edges[1::2]
-
-
-def scan_numbers(chars: np.ndarray) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """A text -> (the text without its number characters, starts, ends of the runs of them).
-
-    chars: (L,) uint8; starts, ends: (N,) int64. Blocks are cut between runs.
-    """
-    skeleton, starts, ends = [], [], []
-    low = 0
-    while low < len(chars):
-        high = min(low + _TEXT_BLOCK, len(chars))
-        while high < len(chars) and chars[high] in _NUMBER_CODES:  # a run goes on
-            high += 1
-        part = chars[low:high]
-        is_number = number_mask(part)
-        skeleton.append(part[~is_number].tobytes())
-        run_starts, run_ends = number_runs(is_number)
-        starts.append(run_starts + low)
-        ends.append(run_ends + low)
-        low = high
-    if not starts:
-        return b"", np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return b"".join(skeleton), np.concatenate(starts), np.concatenate(ends)
 
 
 def _flags(word: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -104,22 +82,23 @@ def _eight_digits(word: np.ndarray) -> np.ndarray:
     return (pairs_high + pairs_low) >> np.uint64(32)
 
 
-def _short_values(word: np.ndarray) -> np.ndarray | None:
-    """Tokens of at most 8 characters, right-aligned in one word each, zeros before -> (N,)
-    float64 exactly as strtod, or None if one is not a JSON number."""
+def _short_values(word: np.ndarray, out: np.ndarray) -> bool:
+    """Tokens of at most 8 characters, right-aligned in one word each, zeros before -> out (N,)
+    float64, exactly as strtod; False if one is not a JSON number."""
     present, digit, minus, dot = _flags(word)
     previous = (present << _BYTE, digit << _BYTE, dot << _BYTE)
     if (_misplaced(word, present, digit, minus, dot, previous, digit >> _BYTE) | (dot & (dot - np.uint64(1)))).any():
-        return None  # (dot & (dot - 1): a second ".")
+        return False  # (dot & (dot - 1): a second ".")
     digits = word & _LOW_NIBBLES & (digit * np.uint64(0xFF))  # "-" and "." become 0
     fraction = np.uint64(0) - (dot << _BYTE)  # the bits after the dot's byte (none without a dot)
     # Close the dot's gap: the integer part moves one byte right; without a dot, dot - 1 is all bits.
     integer = (digits & (dot - np.uint64(1))) << (np.minimum(dot, np.uint64(1)) << np.uint64(3))
     mantissa = _eight_digits(integer | (digits & fraction))  # < 10**8
     decimals = (((fraction & _LOW_BITS) * _LOW_BITS) >> _TOP_BYTE).astype(np.intp)  # bytes after the dot
-    values = mantissa.astype(np.float64) / _POWERS_OF_TEN[decimals]  # exact operands: one rounding
+    np.divide(mantissa, _POWERS_OF_TEN[decimals], out=out)  # exact operands: one rounding
     negative = (minus != 0) & ((dot != 0) | (mantissa != 0))  # json reads "-0" as the integer 0
-    return np.negative(values, out=values, where=negative)
+    np.negative(out, out=out, where=negative)
+    return True
 
 
 def _long_values(words: list[np.ndarray]) -> np.ndarray | None:
@@ -142,35 +121,92 @@ def _long_values(words: list[np.ndarray]) -> np.ndarray | None:
     return values if len(values) == len(words[0]) else None
 
 
-def parse_numbers(chars: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
-    """The tokens chars[starts[i]:ends[i]] (runs of ``-.0-9``) -> (N,) float64 as json reads them,
-    or None if one is not a JSON number. chars: (L,) uint8."""
-    values = np.empty(len(starts))
-    if not len(starts):
-        return values
-    lengths = ends - starts
-    longest = int(lengths.max())
-    width = WORD if longest <= WORD else WORD * (longest // WORD + 1)  # a zero byte before the longest
+@dataclass(frozen=True)
+class Numbers:
+    """A text split into its numbers and the rest.
+
+    skeleton: the text without its number characters, in pieces (joined, a copy of most of the
+    text: compare the pieces instead); slots: (N,) int64, the place of each run of number
+    characters in the skeleton (the index of the skeleton character after it); values: (N,)
+    float64, each run as json reads it, or None when a run is not a JSON number.
+    """
+
+    skeleton: list[bytes]
+    slots: np.ndarray
+    values: np.ndarray | None
+
+
+def _words_ending_at(words: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The 8 bytes before each end (zeros before the text's start) as uint64. words: the text as
+    unaligned loads, words[i] = bytes i .. i + 7."""
+    first = ends - WORD
+    if first[0] >= 0:  # ends ascend: only a text's first numbers start within 8 bytes of it
+        return words[first]
+    loaded = words[np.maximum(first, 0)]
+    early = first < 0
+    loaded[early] = words[0] << (_BYTE * (-first[early]).astype(np.uint64))  # move text[0:end] to the top
+    return loaded
+
+
+def read_numbers(text: bytes) -> Numbers:
+    """Split a text into its runs of ``-.0-9`` and the rest; parse the runs as JSON numbers.
+
+    One pass in blocks of ~_TEXT_BLOCK bytes, cut between runs: each block's runs are parsed while
+    the block is in cache. Runs of more than 8 characters are parsed at the end, together.
+    """
+    if len(text) < WORD:  # room for one word: spaces are no numbers, and stay at the skeleton's end
+        numbers = read_numbers(bytes(text) + b" " * WORD)
+        skeleton = b"".join(numbers.skeleton)
+        return replace(numbers, skeleton=[skeleton[: len(skeleton) - WORD]])
+    chars = np.frombuffer(text, dtype=np.uint8)
+    words = np.ndarray((len(chars) - WORD + 1,), dtype=_U64, buffer=text, strides=(1,))
+    capacity = (len(text) + 1) // 2  # runs are separated: at most one per two characters
+    slots, values = np.empty(capacity, dtype=np.int64), np.empty(capacity)  # pages are touched when written
+    skeleton, long_ends, long_lengths, long_index = [], [], [], []
+    parsed, skeleton_size, count, low = True, 0, 0, 0
+    while low < len(chars):
+        high = min(low + _TEXT_BLOCK, len(chars))
+        while high < len(chars) and chars[high] in _NUMBER_CODES:  # a run goes on
+            high += 1
+        part = chars[low:high]
+        is_number = number_mask(part)
+        skeleton.append(part[~is_number].tobytes())
+        starts, ends = number_runs(is_number)
+        block = slice(count, count + len(starts))
+        lengths = ends - starts
+        np.subtract(skeleton_size + starts, np.cumsum(lengths) - lengths, out=slots[block])  # number characters before
+        skeleton_size += len(skeleton[-1])
+        if parsed and len(starts):
+            short = lengths <= WORD
+            if short.all():
+                parsed = _short_values(_words_ending_at(words, ends + low) & _KEEP[lengths], values[block])
+            else:  # long runs: parsed at the end, all together
+                long = np.flatnonzero(~short)
+                long_ends.append(ends[long] + low)
+                long_lengths.append(lengths[long])
+                long_index.append(long + count)
+                found = np.empty(int(short.sum()))
+                ends, lengths = ends[short], lengths[short]
+                parsed = not len(ends) or _short_values(_words_ending_at(words, ends + low) & _KEEP[lengths], found)
+                values[block][short] = found
+        count += len(starts)
+        low = high
+    slots, values = slots[:count], values[:count]
+    if parsed and long_ends:
+        found = _long_numbers(chars, np.concatenate(long_ends), np.concatenate(long_lengths))
+        parsed = found is not None
+        if parsed:
+            values[np.concatenate(long_index)] = found
+    return Numbers(skeleton, slots, values if parsed else None)
+
+
+def _long_numbers(chars: np.ndarray, ends: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+    """Runs of more than 8 characters, ending at `ends`, as JSON numbers (see ``_long_values``)."""
+    width = WORD * (int(lengths.max()) // WORD + 1)  # a zero byte before the longest
     padded = np.zeros(width + len(chars), dtype=np.uint8)
     padded[width:] = chars
-    # words[i]: bytes i .. i + 7 of padded, an unaligned load; words[end + width - 8] ends at `end`.
     words = np.ndarray((len(padded) - WORD + 1,), dtype=_U64, buffer=padded, strides=(1,))
-    short = lengths <= WORD
-    everything_short = width == WORD
-    index = None if everything_short else np.flatnonzero(short)  # None: all, in slices (no gathers)
-    for first in range(0, len(starts) if everything_short else len(index), _TOKEN_BLOCK):
-        block = slice(first, first + _TOKEN_BLOCK) if everything_short else index[first : first + _TOKEN_BLOCK]
-        found = _short_values(words[ends[block] + (width - WORD)] & _KEEP[lengths[block]])
-        if found is None:
-            return None
-        values[block] = found
-    if not everything_short:
-        long = np.flatnonzero(~short)
-        # Word k of a token holds its bytes width - 8 (k + 1) .. width - 8 k - 1 from the right.
-        parts = [words[ends[long] + offset] & _KEEP[np.clip(lengths[long] - (width - WORD - offset), 0, WORD)]
-                 for offset in range(0, width, WORD)]
-        found = _long_values(parts)
-        if found is None:
-            return None
-        values[long] = found
-    return values
+    # Word k of a run (leftmost first) ends width - 8 k - 8 bytes before the run's end.
+    parts = [words[ends + offset] & _KEEP[np.clip(lengths - (width - WORD - offset), 0, WORD)]
+             for offset in range(0, width, WORD)]
+    return _long_values(parts)
