@@ -27,6 +27,7 @@ import numpy as np
 
 from smartcash.model.training.core.coco_accumulation import CocoCurves, accumulate, column_bits
 from smartcash.model.training.core.map_matching import (
+    Matches,
     coco_pair_iou,
     greedy_match,
     rank_in_group,
@@ -108,6 +109,36 @@ def _accumulate_order(categories: np.ndarray, score_rank: np.ndarray, images: np
     return group_first[image_sorted * num_categories + rest // num_scores] + rank_sorted
 
 
+def _event_keys(matches: Matches, position: np.ndarray, ignored: np.ndarray, counted: np.ndarray,
+                num_thresholds: int) -> np.ndarray:
+    """The matches as sorted event keys ``((row << column_bits(D) | column) << 1) | true positive``
+    (coco_accumulation's input). position: (D,) each detection's column; ignored: (G, A) per area
+    range (a match to an ignored ground truth makes the detection ignored: listed, not a true
+    positive); counted: (G,), False for annotation id 0 (a match to it is no match: not listed).
+
+    A shared match is listed in every row of its threshold. Sorted once by (threshold, column), it
+    is in order in every area range too: one sort of the shared matches, not of A copies.
+    """
+    bits = column_bits(len(position))
+    row_size = 1 << (bits + 1)  # one row of keys
+    own = ~matches.shared
+    truth, column = matches.ground_truth[own], matches.column[own]
+    to_ignored = ignored[truth, column // num_thresholds]
+    key = (((column << bits) | position[matches.prediction[own]]) << 1) | ~to_ignored
+    own_keys = np.sort(key[to_ignored | counted[truth]])
+    shared = np.flatnonzero(matches.shared)
+    if not len(shared):
+        return own_keys
+    key = ((matches.column[shared] << bits) | position[matches.prediction[shared]]) << 1
+    order = sort_lexicographic([(key, num_thresholds * row_size), (np.arange(len(shared)), len(shared))])
+    key, truth = key[order], matches.ground_truth[shared[order]]
+    truth_ignored, truth_counted = ignored[truth], counted[truth]  # (S, A), (S,)
+    by_area = [(key + area * num_thresholds * row_size + ~truth_ignored[:, area])[truth_ignored[:, area] | truth_counted]
+               for area in range(ignored.shape[1])]
+    shared_keys = np.concatenate(by_area)  # sorted: areas ascend, each in order
+    return np.insert(shared_keys, np.searchsorted(shared_keys, own_keys), own_keys)
+
+
 def run_coco(
     data: CocoInput,
     iou_thresholds: np.ndarray = IOU_THRESHOLDS,
@@ -156,14 +187,8 @@ def run_coco(
                                     (num_categories, num_scores, num_images, largest))
     position = np.empty(len(order), dtype=np.int64)
     position[by_category] = np.arange(len(order))
-    counted = data.truth_counted[truth_order]
     num_thresholds = len(thresholds)
-    # A match to an ignored ground truth makes the detection ignored; one to annotation id 0 is no
-    # match (dtm == 0); else a true positive. Sorted keys carry (row, column, true positive).
-    to_ignored = ignored[matches.ground_truth, matches.column // num_thresholds]
-    listed = to_ignored | counted[matches.ground_truth]
-    key = (((matches.column << column_bits(len(order))) | position[matches.prediction]) << 1) | ~to_ignored
-    matched = np.sort(key[listed])
+    matched = _event_keys(matches, position, ignored, data.truth_counted[truth_order], num_thresholds)
 
     detection_order = order[by_category]
     # loadRes: area = w * h. Computed in input order, then gathered: 8 bytes a row, not 32.

@@ -88,16 +88,17 @@ def _repeats(pieces: list[bytes], head: bytes, unit: bytes, times: int, tail: by
     longest = max(map(len, pieces), default=0)
     pattern = unit * (longest // max(len(unit), 1) + 2)  # any piece of the body is a slice of it
     offset = 0
-    for piece in pieces:
-        view, end = memoryview(piece), offset + len(piece)
-        if offset < len(head) and view[: len(head) - offset] != head[offset : min(end, len(head))]:
+    for piece in pieces:  # bytes.startswith compares in place (a memoryview compares item by item)
+        end = offset + len(piece)
+        if offset < len(head) and not piece.startswith(head[offset : min(end, len(head))]):
             return False
         start, stop = max(offset, len(head)), min(end, body_end)  # the part inside unit * times
         if start < stop:
             phase = (start - len(head)) % len(unit)
-            if view[start - offset : stop - offset] != pattern[phase : phase + stop - start]:
+            if not piece.startswith(pattern[phase : phase + stop - start], start - offset):
                 return False
-        if end > body_end and view[max(body_end - offset, 0) :] != tail[max(offset - body_end, 0) : end - body_end]:
+        if end > body_end and not piece.startswith(tail[max(offset - body_end, 0) : end - body_end],
+                                                   max(body_end - offset, 0)):
             return False
         offset = end
     return True

@@ -31,11 +31,16 @@ class Pairs:
 @dataclass(frozen=True)
 class Matches:
     """Every match made: prediction (Q,) int64, column (Q,) int64 = view * T + threshold index,
-    ground_truth (Q,) int64. A prediction appears at most once per column."""
+    ground_truth (Q,) int64. A prediction appears at most once per column.
+
+    shared (Q,) bool: the match is made alike in every view and listed once, column = the
+    threshold index (a group matched once for all views, see ``greedy_match``).
+    """
 
     prediction: np.ndarray
     column: np.ndarray
     ground_truth: np.ndarray
+    shared: np.ndarray
 
 
 def same_group_pairs(prediction_group: np.ndarray, truth_group: np.ndarray, num_groups: int | None = None) -> Pairs:
@@ -215,15 +220,41 @@ def _match_views(
     return tuple(np.concatenate(parts) for parts in zip(*found))
 
 
-def _uniform_groups(group: np.ndarray, pattern: np.ndarray) -> np.ndarray:
-    """Per pair: do all pairs of its group carry the same pattern? (P,), (P,) small ints -> (P,).
-    Exact integer variance: count * sum(x^2) == sum(x)^2."""
-    _, index = np.unique(group, return_inverse=True)
-    index = index.reshape(-1)
-    count = np.bincount(index).astype(np.int64)
-    total = np.bincount(index, weights=pattern).astype(np.int64)
-    squares = np.bincount(index, weights=pattern.astype(np.float64) ** 2).astype(np.int64)
-    return (count * squares == total * total)[index]
+def _all_in_group(group_index: np.ndarray, holds: np.ndarray) -> np.ndarray:
+    """Per element: does `holds` hold for every element of its group? group_index: (P,) small
+    non-negative ints; holds: (P,) bool -> (P,) bool."""
+    failed = np.zeros(int(group_index.max()) + 1, dtype=bool)
+    failed[group_index[~holds]] = True
+    return ~failed[group_index]
+
+
+def _match_alone(prediction: np.ndarray, truth: np.ndarray, iou: np.ndarray, thresholds: np.ndarray,
+                 reusable: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy matching where every prediction has one candidate ground truth (the common case:
+    one box near one object). Nothing to choose: a prediction takes its ground truth at every
+    threshold its IoU reaches, unless a lower-indexed prediction took it there first (never a
+    reusable one): at the thresholds above the best IoU of the earlier predictions on the same
+    ground truth. No loop: a running maximum per ground truth, of threshold counts (exact ints).
+    (S,) pairs in prediction order -> (prediction, threshold index, truth) of every match."""
+    # By ground truth, then prediction: pairs come in prediction order, one per prediction.
+    order = sort_lexicographic([(truth, int(truth.max()) + 1), (np.arange(len(truth)), len(truth))])
+    prediction, truth, iou = prediction[order], truth[order], iou[order]
+    by_threshold = np.argsort(thresholds, kind="stable")
+    reached = np.searchsorted(thresholds[by_threshold], iou, side="right")  # thresholds <= iou: the first `reached`
+    first = np.r_[True, truth[1:] != truth[:-1]]
+    # Best `reached` among the earlier pairs of the same ground truth: a running maximum that
+    # restarts per ground truth (an offset per segment keeps segments apart), shifted by one.
+    segment_offset = (np.cumsum(first) - 1) * (len(thresholds) + 1)
+    running = np.maximum.accumulate(reached + segment_offset) - segment_offset
+    earlier = np.empty_like(running)
+    earlier[0] = 0
+    earlier[1:] = np.where(first[1:], 0, running[:-1])
+    if reusable is not None:
+        earlier[reusable[order]] = 0  # a crowd is never taken
+    count = np.maximum(reached - earlier, 0)  # thresholds earlier .. reached - 1
+    pair = np.repeat(np.arange(len(truth)), count)
+    threshold = earlier[pair] + np.arange(len(pair)) - np.repeat(np.cumsum(count) - count, count)
+    return prediction[pair], by_threshold[threshold], truth[pair]
 
 
 def greedy_match(
@@ -242,7 +273,9 @@ def greedy_match(
     (``truth_preferred``) beats any ignored one, whatever the IoUs (``evaluateImg`` sorts ignored
     ground truth last and stops at the first one once it holds a regular match); then the highest
     IoU; then among equal IoUs the last ground truth (COCOeval) or the first (ultralytics).
-    A ``truth_reusable`` ground truth (COCO crowd) stays free after being matched.
+    A ``truth_reusable`` ground truth (COCO crowd) stays free after being matched. A group whose
+    candidates are preferred alike in every view is matched once: its matches come back shared.
+    Groups where each prediction has one candidate need no loop (``_match_alone``).
 
     pairs: P pairs with iou (P,); thresholds (T,); prediction_group (N,) sorted ascending;
     truth_preferred: (M, V) bool or None (one view, no preference); truth_reusable: (M,) or None.
@@ -251,36 +284,45 @@ def greedy_match(
     keep = iou >= thresholds.min()  # a pair below every threshold can never match
     prediction, truth, iou = pairs.prediction[keep], pairs.ground_truth[keep], iou[keep]
     if len(prediction) == 0:
-        return Matches(empty, empty, empty)
+        return Matches(empty, empty, empty, np.zeros(0, dtype=bool))
     prediction, iou, truth = _by_preference(prediction, iou, truth, ties_to_last)
-    # Rank among the predictions that have a candidate: only they can take a ground truth away.
-    is_first = np.r_[True, prediction[1:] != prediction[:-1]]
-    candidates = prediction[is_first]
-    pair_rank = rank_in_group(prediction_group[candidates])[np.cumsum(is_first) - 1]
-    rank_dtype = np.int16 if pair_rank.max() < 2**15 else np.int64  # int16: numpy's radix sort
-    by_rank = np.argsort(pair_rank.astype(rank_dtype), kind="stable")  # keeps preference order
-    prediction, truth, iou, pair_rank = prediction[by_rank], truth[by_rank], iou[by_rank], pair_rank[by_rank]
-    num_truths = int(pairs.ground_truth.max()) + 1
+    views = truth_preferred is not None and truth_preferred.shape[1] > 1
     reusable = None if truth_reusable is None else truth_reusable[truth]
-    if truth_preferred is None or truth_preferred.shape[1] == 1:
-        preferred = np.ones((len(prediction), 1), dtype=bool) if truth_preferred is None else truth_preferred[truth]
-        return Matches(*_match_views(prediction, truth, iou, pair_rank, thresholds, preferred, reusable, num_truths))
-
-    # A group whose candidate ground truths share one preference pattern across the views (one
-    # object, or objects of one size) orders them alike in every view: match it once, copy.
-    num_views, num_thresholds = truth_preferred.shape[1], len(thresholds)
-    preferred = truth_preferred[truth]  # (P, V)
-    pattern = (preferred * (1 << np.arange(num_views))).sum(axis=1)
-    uniform = _uniform_groups(prediction_group[prediction], pattern)
+    # Pairs are in prediction order, so in group order: groups are runs.
+    group = prediction_group[prediction]
+    group_index = np.cumsum(np.r_[True, group[1:] != group[:-1]]) - 1
+    is_first = np.r_[True, prediction[1:] != prediction[:-1]]  # a prediction's first pair
+    alone = is_first & np.r_[is_first[1:], True]  # ... and its last
+    simple = _all_in_group(group_index, alone)
     parts = []
-    for subset, views in ((np.flatnonzero(uniform), 1), (np.flatnonzero(~uniform), num_views)):
-        if not len(subset):
-            continue
-        found = _match_views(prediction[subset], truth[subset], iou[subset], pair_rank[subset], thresholds,
-                             preferred[subset][:, :views], None if reusable is None else reusable[subset], num_truths)
-        if views == 1:  # the same matches in every view
-            found = (np.tile(found[0], num_views),
-                     (np.arange(num_views)[:, None] * num_thresholds + found[1][None, :]).reshape(-1),
-                     np.tile(found[2], num_views))
-        parts.append(found)
+    if simple.any():  # alike in every view (nothing to prefer): shared
+        found = _match_alone(prediction[simple], truth[simple], iou[simple], thresholds,
+                             None if reusable is None else reusable[simple])
+        parts.append((*found, np.full(len(found[0]), views)))
+    rest = np.flatnonzero(~simple)
+    if len(rest):
+        prediction, truth, iou, is_first = prediction[rest], truth[rest], iou[rest], is_first[rest]
+        group_index, reusable = group_index[rest], None if reusable is None else reusable[rest]
+        # Rank among the predictions that have a candidate: only they can take a ground truth away.
+        pair_rank = rank_in_group(group_index[is_first])[np.cumsum(is_first) - 1]
+        rank_dtype = np.int16 if pair_rank.max() < 2**15 else np.int64  # int16: numpy's radix sort
+        by_rank = np.argsort(pair_rank.astype(rank_dtype), kind="stable")  # keeps preference order
+        prediction, truth, iou, pair_rank = prediction[by_rank], truth[by_rank], iou[by_rank], pair_rank[by_rank]
+        group_index, reusable = group_index[by_rank], None if reusable is None else reusable[by_rank]
+        num_truths = int(pairs.ground_truth.max()) + 1
+        preferred = np.ones((len(prediction), 1), dtype=bool) if truth_preferred is None else truth_preferred[truth]
+        # A group whose candidate ground truths share one preference pattern across the views (one
+        # object, or objects of one size) orders them alike in every view: matched once, shared.
+        uniform = np.ones(len(prediction), dtype=bool)
+        if views:
+            by_group = np.argsort(group_index, kind="stable")
+            same = np.ones(len(prediction), dtype=bool)
+            same[1:] = (preferred[by_group][1:] == preferred[by_group][:-1]).all(axis=1)
+            uniform[by_group] = _all_in_group(group_index[by_group], same | np.r_[True, np.diff(group_index[by_group]) != 0])
+        for subset, num_views in ((np.flatnonzero(uniform), 1), (np.flatnonzero(~uniform), preferred.shape[1])):
+            if len(subset):
+                found = _match_views(prediction[subset], truth[subset], iou[subset], pair_rank[subset], thresholds,
+                                     preferred[subset][:, :num_views], None if reusable is None else reusable[subset],
+                                     num_truths)
+                parts.append((*found, np.full(len(found[0]), views and num_views == 1)))
     return Matches(*(np.concatenate(arrays) for arrays in zip(*parts)))
