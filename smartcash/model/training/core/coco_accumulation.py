@@ -98,7 +98,7 @@ def _events(matched: np.ndarray, inside_area: np.ndarray, categories: np.ndarray
     row, column = key >> bits, key & ((1 << bits) - 1)
     area = row // num_thresholds
     in_area = inside_area.reshape(-1)[area * width + column]
-    tp_event = np.flatnonzero(matched & 1)
+    tp_event = np.flatnonzero((matched & 1) != 0)  # on bool: ~8x faster than on int64
     tp_row, tp_column = row[tp_event], column[tp_event]
     return _Events(key, column, in_area, tp_event, tp_column, tp_row * num_categories + categories[tp_column],
                    area[tp_event] * (width + 1) + tp_column + 1)
@@ -198,8 +198,9 @@ class CocoCurves:
         num_groups = num_areas * num_thresholds * num_categories
         npig = np.maximum(truth_counts.T[:, None, :], 1)  # (A, 1, K)
         recall = np.full((num_thresholds, num_categories, num_areas, len(max_detections)), -1.0)
+        tp_group, tp_rank = self._events.tp_group, ranks[self._events.tp_column]
         for m, limit in enumerate(max_detections):
-            group = self._events.tp_group[ranks[self._events.tp_column] < limit]
+            group = tp_group if m == len(max_detections) - 1 else tp_group[tp_rank < limit]  # all within the largest
             found = np.bincount(group, minlength=num_groups).reshape(num_areas, num_thresholds, num_categories)
             recall[..., m] = np.where(self._present[0], (found / npig).transpose(1, 2, 0), -1.0)
         self.recall = recall
@@ -249,7 +250,7 @@ def accumulate(
     makes the detection ignored); columns in accumulate order: category ascending, then score
     descending, then image, then rank in its (image, category) group.
     outside_area: (A, D) bool, detection area outside the range (unmatched ones are then ignored);
-    categories, ranks, scores: (D,); truth_counts: (K, A) non-ignored ground truths (npig);
-    max_detections: M values, ascending.
+    categories, ranks, scores: (D,), ranks < max_detections[-1] (the detections were cut there);
+    truth_counts: (K, A) non-ignored ground truths (npig); max_detections: M values, ascending.
     """
     return CocoCurves(matched, outside_area, categories, ranks, scores, truth_counts, max_detections, num_thresholds)

@@ -172,9 +172,9 @@ def run_coco(
     ignored = crowd[:, None] | (areas[:, None] < low) | (areas[:, None] > high)  # (G, A)
 
     pairs = same_group_pairs(group_sorted, truth_group[truth_order], num_groups)
-    iou = coco_pair_iou(
-        data.detection_boxes[order[pairs.prediction]],
-        data.truth_boxes[truth_order[pairs.ground_truth]],
+    iou = coco_pair_iou(  # np.take: rows gathered ~2x faster than by indexing
+        np.take(data.detection_boxes, order[pairs.prediction], axis=0),
+        np.take(data.truth_boxes, truth_order[pairs.ground_truth], axis=0),
         crowd[pairs.ground_truth],
     )
     matches = greedy_match(pairs, iou, thresholds, group_sorted, ties_to_last=True,
