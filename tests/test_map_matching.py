@@ -8,7 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartcash.model.training.core.map_matching import greedy_match, same_group_pairs
+from smartcash.model.training.core.map_matching import greedy_match
+from smartcash.model.training.core.map_pairs import same_group_pairs
 
 IOUS = [0.0, 0.3, 0.5, 0.55, 0.75, 0.75, 0.9, 1.0]
 
@@ -52,5 +53,6 @@ def test_greedy_match_equals_sequential_matching(data, num_predictions, num_trut
         views = range(num_views) if shared else [column // len(thresholds)]
         found |= {(int(p), view, int(column % len(thresholds)), int(g)) for view in views}
     expected_preferred = preferred if num_views > 1 else np.ones((num_truths, 1), dtype=bool)
-    assert found == reference(prediction_group, truth_group, iou, thresholds, ties_to_last, expected_preferred, reusable)
+    expected = reference(prediction_group, truth_group, iou, thresholds, ties_to_last, expected_preferred, reusable)
+    assert found == expected
     assert len(found) == len(matches.prediction) + (num_views - 1) * int(matches.shared.sum())  # each match listed once

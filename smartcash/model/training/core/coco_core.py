@@ -26,14 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from smartcash.model.training.core.coco_accumulation import CocoCurves, accumulate, column_bits
-from smartcash.model.training.core.map_matching import (
-    Matches,
-    coco_pair_iou,
-    greedy_match,
-    rank_in_group,
-    same_group_pairs,
-    sort_lexicographic,
-)
+from smartcash.model.training.core.map_matching import Matches, greedy_match, rank_in_group, sort_lexicographic
+from smartcash.model.training.core.map_pairs import coco_pair_iou, same_group_pairs
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval Params.iouThrs
 ALL_AREAS = (0.0, 1e5**2)  # COCOeval areaRng "all"
@@ -133,8 +127,8 @@ def _event_keys(matches: Matches, position: np.ndarray, ignored: np.ndarray, cou
     order = sort_lexicographic([(key, num_thresholds * row_size), (np.arange(len(shared)), len(shared))])
     key, truth = key[order], matches.ground_truth[shared[order]]
     truth_ignored, truth_counted = ignored[truth], counted[truth]  # (S, A), (S,)
-    by_area = [(key + area * num_thresholds * row_size + ~truth_ignored[:, area])[truth_ignored[:, area] | truth_counted]
-               for area in range(ignored.shape[1])]
+    by_area = [(key + area * num_thresholds * row_size + ~ignored_here)[ignored_here | truth_counted]
+               for area, ignored_here in enumerate(truth_ignored.T)]
     shared_keys = np.concatenate(by_area)  # sorted: areas ascend, each in order
     return np.insert(shared_keys, np.searchsorted(shared_keys, own_keys), own_keys)
 

@@ -244,7 +244,8 @@ def _core_input(truth: CocoGroundTruth, found: CocoDetections, images: np.ndarra
     return CocoInput(
         detection_boxes=np.take(found.boxes, kept, axis=0), detection_scores=found.scores[kept],
         detection_images=detection_image[kept], detection_categories=detection_category[kept],
-        truth_boxes=np.take(truth.boxes, truth_kept, axis=0), truth_areas=truth.areas[truth_kept], truth_crowd=truth.crowd[truth_kept],
+        truth_boxes=np.take(truth.boxes, truth_kept, axis=0), truth_areas=truth.areas[truth_kept],
+        truth_crowd=truth.crowd[truth_kept],
         truth_counted=counted, truth_images=truth_image[truth_kept], truth_categories=truth_category[truth_kept],
         num_images=len(images), num_categories=num_categories,
     )

@@ -5,8 +5,9 @@ that higher-scored predictions of the group left free. Groups are independent, s
 the *rank* inside a group and handle the k-th candidate prediction of every group, at every
 threshold and every "view" (COCO's area ranges), with one set of numpy operations. The number of
 iterations is the largest number of predictions that overlap some ground truth in one group, not
-the number of images or boxes. COCOeval (map_evaluation, coco_core) and ultralytics semantics
-(map_evaluation) both run through ``greedy_match``.
+the number of images or boxes; groups where each prediction has a single candidate need no loop
+at all. COCOeval (map_evaluation, coco_core) and ultralytics semantics (map_evaluation) both run
+through ``greedy_match``; the candidate pairs and their IoU come from ``map_pairs``.
 """
 
 from __future__ import annotations
@@ -15,17 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Pairs:
-    """(prediction, ground truth) pairs of the same (image, class) group.
-
-    prediction: (P,) int64 index into the group-sorted predictions.
-    ground_truth: (P,) int64 index into the group-sorted ground truths.
-    """
-
-    prediction: np.ndarray
-    ground_truth: np.ndarray
+from smartcash.model.training.core.map_pairs import Pairs
 
 
 @dataclass(frozen=True)
@@ -41,72 +32,6 @@ class Matches:
     column: np.ndarray
     ground_truth: np.ndarray
     shared: np.ndarray
-
-
-def same_group_pairs(prediction_group: np.ndarray, truth_group: np.ndarray, num_groups: int | None = None) -> Pairs:
-    """All pairs sharing a group id. Both inputs are sorted ascending: (N,) and (M,) -> Pairs.
-
-    num_groups: an upper bound of the group ids, if small enough for a table (faster than
-    binary searches).
-    """
-    if num_groups is not None and num_groups <= 8 * (len(prediction_group) + len(truth_group)) + 4096:
-        per_group = np.bincount(truth_group, minlength=num_groups)
-        first = np.cumsum(per_group) - per_group
-        start, count = first[prediction_group], per_group[prediction_group]  # (N,) each
-    else:
-        start = np.searchsorted(truth_group, prediction_group, side="left")  # (N,)
-        count = np.searchsorted(truth_group, prediction_group, side="right") - start  # (N,)
-    prediction = np.repeat(np.arange(len(prediction_group), dtype=np.int64), count)  # (P,)
-    first_of_prediction = np.repeat(np.cumsum(count) - count, count)  # (P,)
-    ground_truth = start[prediction] + (np.arange(len(prediction), dtype=np.int64) - first_of_prediction)
-    return Pairs(prediction, ground_truth)
-
-
-def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
-    """[x1, y1, x2, y2] -> COCO's [x, y, width, height]. (N, 4) -> (N, 4) float64."""
-    boxes = np.asarray(boxes, dtype=np.float64)
-    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-
-
-def coco_pair_iou(predicted_xywh: np.ndarray, truth_xywh: np.ndarray, truth_crowd: np.ndarray | None = None) -> np.ndarray:
-    """IoU of paired [x, y, w, h] boxes as pycocotools' ``maskUtils.iou`` computes it (float64).
-
-    Same operations as maskApi.c ``bbIou``: no +1 on widths, right edge ``w + x``, union
-    ``area_d + area_g - intersection``; against a crowd ground truth the union is the
-    prediction's own area (the part of the prediction inside the crowd region). A box with zero
-    width or height, or no overlap, has IoU 0.
-    predicted_xywh, truth_xywh: (P, 4); truth_crowd: (P,) bool or None -> (P,).
-    """
-    px, py, pw, ph = predicted_xywh.T
-    gx, gy, gw, gh = truth_xywh.T
-    width = np.minimum(pw + px, gw + gx) - np.maximum(px, gx)
-    height = np.minimum(ph + py, gh + gy) - np.maximum(py, gy)
-    overlap = (width > 0) & (height > 0)  # bbIou: `if (w <= 0) continue` -> IoU 0
-    iou = np.zeros(len(px), dtype=np.float64)
-    intersection = width[overlap] * height[overlap]
-    predicted_area = pw[overlap] * ph[overlap]
-    union = predicted_area + gw[overlap] * gh[overlap] - intersection  # da + ga - i
-    if truth_crowd is not None:
-        union = np.where(truth_crowd[overlap], predicted_area, union)  # crowd: u = da
-    iou[overlap] = intersection / union
-    return iou
-
-
-def yolo_pair_iou(predicted_xyxy: np.ndarray, truth_xyxy: np.ndarray) -> np.ndarray:
-    """IoU of paired boxes as ultralytics' ``box_iou(ground_truth, predictions)`` computes it.
-
-    It casts to float32 (``.float()``), clamps the overlap at 0 and adds eps = 1e-7 to the union:
-    inter / (area_truth + area_prediction - inter + eps), every step in float32.
-    predicted_xyxy, truth_xyxy: (P, 4) -> (P,) float32.
-    """
-    prediction = predicted_xyxy.astype(np.float32)
-    truth = truth_xyxy.astype(np.float32)
-    overlap = np.maximum(np.minimum(truth[:, 2:], prediction[:, 2:]) - np.maximum(truth[:, :2], prediction[:, :2]), 0)
-    intersection = overlap[:, 0] * overlap[:, 1]
-    truth_size = truth[:, 2:] - truth[:, :2]
-    prediction_size = prediction[:, 2:] - prediction[:, :2]
-    union = truth_size[:, 0] * truth_size[:, 1] + prediction_size[:, 0] * prediction_size[:, 1] - intersection
-    return intersection / (union + np.float32(1e-7))
 
 
 def rank_in_group(group: np.ndarray) -> np.ndarray:
@@ -257,6 +182,34 @@ def _match_alone(prediction: np.ndarray, truth: np.ndarray, iou: np.ndarray, thr
     return prediction[pair], by_threshold[threshold], truth[pair]
 
 
+def _match_ranked(prediction: np.ndarray, truth: np.ndarray, iou: np.ndarray, group_index: np.ndarray,
+                  is_first: np.ndarray, preferred: np.ndarray | None, reusable: np.ndarray | None,
+                  thresholds: np.ndarray, num_truths: int) -> list[tuple[np.ndarray, ...]]:
+    """The rank loop (``_match_views``) for groups where a prediction may choose. Pairs in
+    prediction order, each prediction's in ascending preference; is_first: a prediction's first
+    pair; preferred: (P, V) or None -> [(prediction, column, truth, shared)]."""
+    views = preferred is not None and preferred.shape[1] > 1
+    preferred = np.ones((len(prediction), 1), dtype=bool) if preferred is None else preferred
+    # A group whose candidate ground truths share one preference pattern across the views (one
+    # object, or objects of one size) orders them alike in every view: matched once, shared.
+    uniform = np.ones(len(prediction), dtype=bool)
+    if views:
+        same = np.r_[True, (preferred[1:] == preferred[:-1]).all(axis=1) | (group_index[1:] != group_index[:-1])]
+        uniform = _all_in_group(group_index, same)
+    # Rank among the predictions that have a candidate: only they can take a ground truth away.
+    pair_rank = rank_in_group(group_index[is_first])[np.cumsum(is_first) - 1]
+    rank_dtype = np.int16 if pair_rank.max() < 2**15 else np.int64  # int16: numpy's radix sort
+    by_rank = np.argsort(pair_rank.astype(rank_dtype), kind="stable")  # keeps preference order
+    parts = []
+    for subset, num_views in ((by_rank[uniform[by_rank]], 1), (by_rank[~uniform[by_rank]], preferred.shape[1])):
+        if len(subset):
+            found = _match_views(prediction[subset], truth[subset], iou[subset], pair_rank[subset], thresholds,
+                                 preferred[subset][:, :num_views], None if reusable is None else reusable[subset],
+                                 num_truths)
+            parts.append((*found, np.full(len(found[0]), views and num_views == 1)))
+    return parts
+
+
 def greedy_match(
     pairs: Pairs,
     iou: np.ndarray,
@@ -292,8 +245,7 @@ def greedy_match(
     group = prediction_group[prediction]
     group_index = np.cumsum(np.r_[True, group[1:] != group[:-1]]) - 1
     is_first = np.r_[True, prediction[1:] != prediction[:-1]]  # a prediction's first pair
-    alone = is_first & np.r_[is_first[1:], True]  # ... and its last
-    simple = _all_in_group(group_index, alone)
+    simple = _all_in_group(group_index, is_first & np.r_[is_first[1:], True])  # ... and its last
     parts = []
     if simple.any():  # alike in every view (nothing to prefer): shared
         found = _match_alone(prediction[simple], truth[simple], iou[simple], thresholds,
@@ -301,28 +253,7 @@ def greedy_match(
         parts.append((*found, np.full(len(found[0]), views)))
     rest = np.flatnonzero(~simple)
     if len(rest):
-        prediction, truth, iou, is_first = prediction[rest], truth[rest], iou[rest], is_first[rest]
-        group_index, reusable = group_index[rest], None if reusable is None else reusable[rest]
-        # Rank among the predictions that have a candidate: only they can take a ground truth away.
-        pair_rank = rank_in_group(group_index[is_first])[np.cumsum(is_first) - 1]
-        rank_dtype = np.int16 if pair_rank.max() < 2**15 else np.int64  # int16: numpy's radix sort
-        by_rank = np.argsort(pair_rank.astype(rank_dtype), kind="stable")  # keeps preference order
-        prediction, truth, iou, pair_rank = prediction[by_rank], truth[by_rank], iou[by_rank], pair_rank[by_rank]
-        group_index, reusable = group_index[by_rank], None if reusable is None else reusable[by_rank]
-        num_truths = int(pairs.ground_truth.max()) + 1
-        preferred = np.ones((len(prediction), 1), dtype=bool) if truth_preferred is None else truth_preferred[truth]
-        # A group whose candidate ground truths share one preference pattern across the views (one
-        # object, or objects of one size) orders them alike in every view: matched once, shared.
-        uniform = np.ones(len(prediction), dtype=bool)
-        if views:
-            by_group = np.argsort(group_index, kind="stable")
-            same = np.ones(len(prediction), dtype=bool)
-            same[1:] = (preferred[by_group][1:] == preferred[by_group][:-1]).all(axis=1)
-            uniform[by_group] = _all_in_group(group_index[by_group], same | np.r_[True, np.diff(group_index[by_group]) != 0])
-        for subset, num_views in ((np.flatnonzero(uniform), 1), (np.flatnonzero(~uniform), preferred.shape[1])):
-            if len(subset):
-                found = _match_views(prediction[subset], truth[subset], iou[subset], pair_rank[subset], thresholds,
-                                     preferred[subset][:, :num_views], None if reusable is None else reusable[subset],
-                                     num_truths)
-                parts.append((*found, np.full(len(found[0]), views and num_views == 1)))
+        preferred = None if truth_preferred is None else truth_preferred[truth[rest]]
+        parts += _match_ranked(prediction[rest], truth[rest], iou[rest], group_index[rest], is_first[rest], preferred,
+                               None if reusable is None else reusable[rest], thresholds, int(truth.max()) + 1)
     return Matches(*(np.concatenate(arrays) for arrays in zip(*parts)))
