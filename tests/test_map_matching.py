@@ -46,6 +46,9 @@ def test_greedy_match_equals_sequential_matching(data, num_predictions, num_trut
     reusable = np.array(data.draw(st.lists(st.booleans(), min_size=num_truths, max_size=num_truths)))
     thresholds = np.linspace(0.5, 0.95, 10) if many_thresholds else np.array([0.75, 0.5])  # any order
     pairs = same_group_pairs(prediction_group, truth_group)
+    if data.draw(st.booleans()):  # any order of pairs
+        shuffle = np.array(data.draw(st.permutations(range(len(pairs.prediction)))), dtype=np.int64)
+        pairs = type(pairs)(pairs.prediction[shuffle], pairs.ground_truth[shuffle])
     matches = greedy_match(pairs, iou[pairs.prediction, pairs.ground_truth], thresholds, prediction_group,
                            ties_to_last, truth_preferred=preferred if num_views > 1 else None, truth_reusable=reusable)
     found = set()

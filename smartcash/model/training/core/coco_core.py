@@ -120,12 +120,18 @@ def _event_keys(matches: Matches, position: np.ndarray, ignored: np.ndarray, cou
     to_ignored = ignored[truth, column // num_thresholds]
     key = (((column << bits) | position[matches.prediction[own]]) << 1) | ~to_ignored
     own_keys = np.sort(key[to_ignored | counted[truth]])
-    shared = np.flatnonzero(matches.shared)
-    if not len(shared):
+    shared = matches.shared
+    if not shared.any():
         return own_keys
     key = ((matches.column[shared] << bits) | position[matches.prediction[shared]]) << 1
-    order = sort_lexicographic([(key, num_thresholds * row_size), (np.arange(len(shared)), len(shared))])
-    key, truth = key[order], matches.ground_truth[shared[order]]
+    truth = matches.ground_truth[shared]
+    truth_bits = column_bits(len(ignored))
+    if (num_thresholds * row_size) << truth_bits < 2**63:  # sort (key, truth) packed: no permutation to apply
+        packed = np.sort((key << truth_bits) | truth)
+        key, truth = packed >> truth_bits, packed & ((1 << truth_bits) - 1)
+    else:
+        order = np.argsort(key)  # keys are unique: one match per (threshold, detection)
+        key, truth = key[order], truth[order]
     truth_ignored, truth_counted = ignored[truth], counted[truth]  # (S, A), (S,)
     by_area = [(key + area * num_thresholds * row_size + ~ignored_here)[ignored_here | truth_counted]
                for area, ignored_here in enumerate(truth_ignored.T)]

@@ -165,7 +165,9 @@ def _match_alone(prediction: np.ndarray, truth: np.ndarray, iou: np.ndarray, thr
     order = sort_lexicographic([(truth, int(truth.max()) + 1), (np.arange(len(truth)), len(truth))])
     prediction, truth, iou = prediction[order], truth[order], iou[order]
     by_threshold = np.argsort(thresholds, kind="stable")
-    reached = np.searchsorted(thresholds[by_threshold], iou, side="right")  # thresholds <= iou: the first `reached`
+    reached = np.zeros(len(iou), dtype=np.intp)  # thresholds <= iou: the first `reached` of them
+    for threshold in thresholds:  # a few passes: faster than searchsorted's binary searches
+        reached += iou >= threshold
     first = np.r_[True, truth[1:] != truth[:-1]]
     # Best `reached` among the earlier pairs of the same ground truth: a running maximum that
     # restarts per ground truth (an offset per segment keeps segments apart), shifted by one.
@@ -238,10 +240,12 @@ def greedy_match(
     prediction, truth, iou = pairs.prediction[keep], pairs.ground_truth[keep], iou[keep]
     if len(prediction) == 0:
         return Matches(empty, empty, empty, np.zeros(0, dtype=bool))
-    prediction, iou, truth = _by_preference(prediction, iou, truth, ties_to_last)
+    if (prediction[1:] < prediction[:-1]).any():  # same_group_pairs gives them in prediction order
+        order = np.argsort(prediction, kind="stable")
+        prediction, truth, iou = prediction[order], truth[order], iou[order]
     views = truth_preferred is not None and truth_preferred.shape[1] > 1
     reusable = None if truth_reusable is None else truth_reusable[truth]
-    # Pairs are in prediction order, so in group order: groups are runs.
+    # Pairs in prediction order are in group order: groups are runs.
     group = prediction_group[prediction]
     group_index = np.cumsum(np.r_[True, group[1:] != group[:-1]]) - 1
     is_first = np.r_[True, prediction[1:] != prediction[:-1]]  # a prediction's first pair
@@ -253,7 +257,10 @@ def greedy_match(
         parts.append((*found, np.full(len(found[0]), views)))
     rest = np.flatnonzero(~simple)
     if len(rest):
-        preferred = None if truth_preferred is None else truth_preferred[truth[rest]]
-        parts += _match_ranked(prediction[rest], truth[rest], iou[rest], group_index[rest], is_first[rest], preferred,
-                               None if reusable is None else reusable[rest], thresholds, int(truth.max()) + 1)
+        # Sorting inside each prediction's run of pairs keeps group_index and is_first in place.
+        prediction, iou, truth = _by_preference(prediction[rest], iou[rest], truth[rest], ties_to_last)
+        preferred = None if truth_preferred is None else truth_preferred[truth]
+        parts += _match_ranked(prediction, truth, iou, group_index[rest], is_first[rest], preferred,
+                               None if truth_reusable is None else truth_reusable[truth], thresholds,
+                               int(truth.max()) + 1)
     return Matches(*(np.concatenate(arrays) for arrays in zip(*parts)))
