@@ -68,10 +68,10 @@ def _first_scores(categories: np.ndarray, scores: np.ndarray, included: np.ndarr
 class _Events:
     """The matched detections of every (area range, threshold) row, sorted by (row, column).
 
-    key: (E,) row << column_bits(D) | column; column: (E,); in_area: (E,) bool, the detection's own area is in
-    the row's range. True positives, a subset: tp_event (P,) their positions among the events,
-    tp_column, tp_group = row * K + category, tp_candidate = index of (area, column + 1) in the
-    (A, D + 1) table of in-area counts.
+    key: (E,) row << column_bits(D) | column; column: (E,); in_area: (E,) bool, the detection's
+    own area is in the row's range. True positives, a subset: tp_event (P,) their positions among
+    the events, tp_column, tp_group = row * K + category, tp_candidate = index of (area,
+    column + 1) in the (A, D + 1) table of in-area counts.
     """
 
     key: np.ndarray
@@ -247,9 +247,9 @@ def accumulate(
     """COCOeval ``accumulate`` from the matching's outcome.
 
     matched: (E,) int64 sorted, one per detection matched in a row (area range, threshold):
-    ((row << column_bits(D) | column) << 1) | is_true_positive (else matched to an ignored ground truth, which
-    makes the detection ignored); columns in accumulate order: category ascending, then score
-    descending, then image, then rank in its (image, category) group.
+    ((row << column_bits(D) | column) << 1) | is_true_positive (else matched to an ignored ground
+    truth, which makes the detection ignored); columns in accumulate order: category ascending,
+    then score descending, then image, then rank in its (image, category) group.
     outside_area: (A, D) bool, detection area outside the range (unmatched ones are then ignored);
     categories, ranks, scores: (D,), ranks < max_detections[-1] (the detections were cut there);
     truth_counts: (K, A) non-ignored ground truths (npig); max_detections: M values, ascending.

@@ -139,8 +139,7 @@ def read_records(text: bytes, start: int = 0, end: int | None = None) -> Records
         return None  # a number in a key, and an empty slot elsewhere
     if numbers.values is None:
         return None
-    values = numbers.values
-    table = values.reshape(count, per_object)
+    table = numbers.values.reshape(count, per_object)
     columns, column = {}, 0
     for key, width in zip(layout.keys, layout.widths):
         columns[key] = table[:, column] if width == 0 else table[:, column : column + width]

@@ -7,8 +7,8 @@ grammar ``-?(0|[1-9][0-9]*)(\\.[0-9]+)?`` with bitwise operations on whole array
 0/1 flag per byte). A token of at most 8 characters (what a writer that rounds its numbers
 writes) becomes an integer mantissa (simdjson's 8-digits-at-once multiply), divided by
 10**decimals: one IEEE rounding of exact operands, the float64 ``strtod`` gives. Longer tokens go
-through numpy's float parser. Exponents ("1e-05") are not number characters: their pieces are
-not whole numbers, and the caller's layout check declines them.
+through numpy's float parser (also correctly rounded). Exponents ("1e-05") are not number
+characters: the caller's layout check sees the "e" and declines the text.
 
 Work goes in blocks (``_TEXT_BLOCK`` bytes, ``_TOKEN_BLOCK`` tokens) so that the temporaries of
 dozens of array operations stay in the CPU cache: about 3x faster than whole-array operations.
@@ -34,7 +34,6 @@ _LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
 _ZEROS = np.uint64(0x3030303030303030)  # "0" in every byte
 _BELOW_HIGH_BIT = np.uint64(0x7F7F7F7F7F7F7F7F)
 _BYTE, _TOP_BYTE = np.uint64(8), np.uint64(56)
-_ALL = np.uint64(2**64 - 1)
 # _KEEP[k]: the last k bytes of a word (a right-aligned token of k characters).
 _KEEP = np.array([0] + [(2**64 - 1) << (8 * (WORD - k)) & (2**64 - 1) for k in range(1, WORD + 1)], dtype=np.uint64)
 _POWERS_OF_TEN = 10.0 ** np.arange(WORD)  # exact
