@@ -68,10 +68,10 @@ def _first_scores(categories: np.ndarray, scores: np.ndarray, included: np.ndarr
 class _Events:
     """The matched detections of every (area range, threshold) row, sorted by (row, column).
 
-    key: (E,) row * D + column; column: (E,); in_area: (E,) bool, the detection's own area is in
-    the row's range. True positives, a subset: tp_event (P,) their positions among the events,
-    tp_column, tp_group = row * K + category, tp_candidate = index of (area, column + 1) in the
-    (A, D + 1) table of in-area counts.
+    key: (E,) row << column_bits(D) | column; column: (E,); in_area: (E,) bool, the detection's
+    own area is in the row's range. True positives, a subset: tp_event (P,) their positions among
+    the events, tp_column, tp_group = row * K + category, tp_candidate = index of (area,
+    column + 1) in the (A, D + 1) table of in-area counts.
     """
 
     key: np.ndarray
@@ -83,19 +83,26 @@ class _Events:
     tp_candidate: np.ndarray
 
 
+def column_bits(num_detections: int) -> int:
+    """Bits of a column (a detection's place in accumulate order) in an event key
+    ``((row << bits | column) << 1) | is_true_positive``: read back with a shift and a mask."""
+    return max(num_detections, 1).bit_length()
+
+
 def _events(matched: np.ndarray, inside_area: np.ndarray, categories: np.ndarray, num_categories: int,
             num_thresholds: int) -> _Events:
-    """The matched detections ((row * D + column) << 1 | true positive, sorted), with what the
+    """The matched detections (event keys, see ``column_bits``, sorted), with what the
     accumulation reads of them."""
-    width = max(len(categories), 1)
+    width, bits = max(len(categories), 1), column_bits(len(categories))
+    mask = (1 << bits) - 1
     key = matched >> 1
-    row, column = np.divmod(key, width)
-    area = row // num_thresholds
-    in_area = inside_area.reshape(-1)[area * width + column]
-    tp_event = np.flatnonzero(matched & 1)
-    tp_row, tp_column = row[tp_event], column[tp_event]
+    column = key & mask
+    in_area = inside_area.reshape(-1)[(key >> bits) // num_thresholds * width + column]
+    tp_event = np.flatnonzero((matched & 1) != 0)  # on bool: ~8x faster than on int64
+    tp_key = key[tp_event]  # one gather; row and column decoded again
+    tp_row, tp_column = tp_key >> bits, tp_key & mask
     return _Events(key, column, in_area, tp_event, tp_column, tp_row * num_categories + categories[tp_column],
-                   area[tp_event] * (width + 1) + tp_column + 1)
+                   tp_row // num_thresholds * (width + 1) + tp_column + 1)
 
 
 def _precision_and_scores(
@@ -133,7 +140,7 @@ def _precision_and_scores(
     matched = np.zeros(len(in_area) + 1, dtype=np.int64)  # [e + 1]: matched in-area up to event e
     np.cumsum(in_area, out=matched[1:])
     segment = np.searchsorted(categories, np.arange(num_categories + 1))  # (K + 1,) column bounds
-    row_start = np.arange(num_areas * num_thresholds)[:, None] * max(num_detections, 1)
+    row_start = np.arange(num_areas * num_thresholds)[:, None] << column_bits(num_detections)
     first_event = np.searchsorted(events.key, row_start + segment[:-1]).reshape(-1)  # (A*T*K,)
     area_of_group = np.arange(num_groups) // (num_thresholds * num_categories)
     before = candidates[area_of_group, np.tile(segment[:-1], num_areas * num_thresholds)]
@@ -192,8 +199,9 @@ class CocoCurves:
         num_groups = num_areas * num_thresholds * num_categories
         npig = np.maximum(truth_counts.T[:, None, :], 1)  # (A, 1, K)
         recall = np.full((num_thresholds, num_categories, num_areas, len(max_detections)), -1.0)
+        tp_group, tp_rank = self._events.tp_group, ranks[self._events.tp_column]
         for m, limit in enumerate(max_detections):
-            group = self._events.tp_group[ranks[self._events.tp_column] < limit]
+            group = tp_group if m == len(max_detections) - 1 else tp_group[tp_rank < limit]  # all within the largest
             found = np.bincount(group, minlength=num_groups).reshape(num_areas, num_thresholds, num_categories)
             recall[..., m] = np.where(self._present[0], (found / npig).transpose(1, 2, 0), -1.0)
         self.recall = recall
@@ -239,11 +247,11 @@ def accumulate(
     """COCOeval ``accumulate`` from the matching's outcome.
 
     matched: (E,) int64 sorted, one per detection matched in a row (area range, threshold):
-    ((row * D + column) << 1) | is_true_positive (else matched to an ignored ground truth, which
-    makes the detection ignored); columns in accumulate order: category ascending, then score
-    descending, then image, then rank in its (image, category) group.
+    ((row << column_bits(D) | column) << 1) | is_true_positive (else matched to an ignored ground
+    truth, which makes the detection ignored); columns in accumulate order: category ascending,
+    then score descending, then image, then rank in its (image, category) group.
     outside_area: (A, D) bool, detection area outside the range (unmatched ones are then ignored);
-    categories, ranks, scores: (D,); truth_counts: (K, A) non-ignored ground truths (npig);
-    max_detections: M values, ascending.
+    categories, ranks, scores: (D,), ranks < max_detections[-1] (the detections were cut there);
+    truth_counts: (K, A) non-ignored ground truths (npig); max_detections: M values, ascending.
     """
     return CocoCurves(matched, outside_area, categories, ranks, scores, truth_counts, max_detections, num_thresholds)

@@ -25,14 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smartcash.model.training.core.coco_accumulation import CocoCurves, accumulate
-from smartcash.model.training.core.map_matching import (
-    coco_pair_iou,
-    greedy_match,
-    rank_in_group,
-    same_group_pairs,
-    sort_lexicographic,
-)
+from smartcash.model.training.core.coco_accumulation import CocoCurves, accumulate, column_bits
+from smartcash.model.training.core.map_matching import Matches, greedy_match, rank_in_group, sort_lexicographic
+from smartcash.model.training.core.map_pairs import coco_pair_iou, same_group_pairs
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval Params.iouThrs
 ALL_AREAS = (0.0, 1e5**2)  # COCOeval areaRng "all"
@@ -72,8 +67,8 @@ class CocoCoreResult:
     truths. detection_order: (D,) the detections within the largest maxDets, as indices into the
     input, in accumulate order (category, score descending, image, rank). matched: (E,) int64
     sorted, one per detection matched in a row (area range, threshold):
-    ((row * D + column) << 1) | is_true_positive, column = the detection's place in detection_order;
-    a detection not listed in a row is unmatched there (coco_accumulation's events).
+    ((row << column_bits(D) | column) << 1) | is_true_positive, column = the detection's place in
+    detection_order; a detection not listed in a row is unmatched there (coco_accumulation's events).
     """
 
     curves: CocoCurves
@@ -84,7 +79,8 @@ class CocoCoreResult:
     def true_positives(self, num_rows: int) -> np.ndarray:
         """(D, num_rows) bool: true positives in the first rows (num_rows = T: area range 0 at
         every threshold)."""
-        row, column = np.divmod(self.matched >> 1, max(len(self.detection_order), 1))
+        bits = column_bits(len(self.detection_order))
+        row, column = self.matched >> (bits + 1), (self.matched >> 1) & ((1 << bits) - 1)
         hits = np.zeros((len(self.detection_order), num_rows), dtype=bool)
         chosen = (self.matched & 1).astype(bool) & (row < num_rows)
         hits[column[chosen], row[chosen]] = True
@@ -105,6 +101,42 @@ def _accumulate_order(categories: np.ndarray, score_rank: np.ndarray, images: np
     counts = np.bincount(group, minlength=num_images * num_categories)
     group_first = np.cumsum(counts) - counts  # group is sorted: its rows start here
     return group_first[image_sorted * num_categories + rest // num_scores] + rank_sorted
+
+
+def _event_keys(matches: Matches, position: np.ndarray, ignored: np.ndarray, counted: np.ndarray,
+                num_thresholds: int) -> np.ndarray:
+    """The matches as sorted event keys ``((row << column_bits(D) | column) << 1) | true positive``
+    (coco_accumulation's input). position: (D,) each detection's column; ignored: (G, A) per area
+    range (a match to an ignored ground truth makes the detection ignored: listed, not a true
+    positive); counted: (G,), False for annotation id 0 (a match to it is no match: not listed).
+
+    A shared match is listed in every row of its threshold. Sorted once by (threshold, column), it
+    is in order in every area range too: one sort of the shared matches, not of A copies.
+    """
+    bits = column_bits(len(position))
+    row_size = 1 << (bits + 1)  # one row of keys
+    own = ~matches.shared
+    truth, column = matches.ground_truth[own], matches.column[own]
+    to_ignored = ignored[truth, column // num_thresholds]
+    key = (((column << bits) | position[matches.prediction[own]]) << 1) | ~to_ignored
+    own_keys = np.sort(key[to_ignored | counted[truth]])
+    shared = matches.shared
+    if not shared.any():
+        return own_keys
+    key = ((matches.column[shared] << bits) | position[matches.prediction[shared]]) << 1
+    truth = matches.ground_truth[shared]
+    truth_bits = column_bits(len(ignored))
+    if (num_thresholds * row_size) << truth_bits < 2**63:  # sort (key, truth) packed: no permutation to apply
+        packed = np.sort((key << truth_bits) | truth)
+        key, truth = packed >> truth_bits, packed & ((1 << truth_bits) - 1)
+    else:
+        order = np.argsort(key)  # keys are unique: one match per (threshold, detection)
+        key, truth = key[order], truth[order]
+    truth_ignored, truth_counted = ignored[truth], counted[truth]  # (S, A), (S,)
+    by_area = [(key + area * num_thresholds * row_size + ~ignored_here)[ignored_here | truth_counted]
+               for area, ignored_here in enumerate(truth_ignored.T)]
+    shared_keys = np.concatenate(by_area)  # sorted: areas ascend, each in order
+    return np.insert(shared_keys, np.searchsorted(shared_keys, own_keys), own_keys)
 
 
 def run_coco(
@@ -140,9 +172,9 @@ def run_coco(
     ignored = crowd[:, None] | (areas[:, None] < low) | (areas[:, None] > high)  # (G, A)
 
     pairs = same_group_pairs(group_sorted, truth_group[truth_order], num_groups)
-    iou = coco_pair_iou(
-        data.detection_boxes[order[pairs.prediction]],
-        data.truth_boxes[truth_order[pairs.ground_truth]],
+    iou = coco_pair_iou(  # np.take: rows gathered ~2x faster than by indexing
+        np.take(data.detection_boxes, order[pairs.prediction], axis=0),
+        np.take(data.truth_boxes, truth_order[pairs.ground_truth], axis=0),
         crowd[pairs.ground_truth],
     )
     matches = greedy_match(pairs, iou, thresholds, group_sorted, ties_to_last=True,
@@ -155,14 +187,8 @@ def run_coco(
                                     (num_categories, num_scores, num_images, largest))
     position = np.empty(len(order), dtype=np.int64)
     position[by_category] = np.arange(len(order))
-    counted = data.truth_counted[truth_order]
     num_thresholds = len(thresholds)
-    # A match to an ignored ground truth makes the detection ignored; one to annotation id 0 is no
-    # match (dtm == 0); else a true positive. Sorted keys carry (row, column, true positive).
-    to_ignored = ignored[matches.ground_truth, matches.column // num_thresholds]
-    listed = to_ignored | counted[matches.ground_truth]
-    key = (matches.column * max(len(order), 1) + position[matches.prediction]) * 2 + ~to_ignored
-    matched = np.sort(key[listed])
+    matched = _event_keys(matches, position, ignored, data.truth_counted[truth_order], num_thresholds)
 
     detection_order = order[by_category]
     # loadRes: area = w * h. Computed in input order, then gathered: 8 bytes a row, not 32.

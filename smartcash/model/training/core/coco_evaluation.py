@@ -242,9 +242,10 @@ def _core_input(truth: CocoGroundTruth, found: CocoDetections, images: np.ndarra
                        "positives (it stores matched ids and 0 means none); evaluate_coco does the same for "
                        "parity. Number annotations from 1 to avoid it.", int((~counted).sum()))
     return CocoInput(
-        detection_boxes=found.boxes[kept], detection_scores=found.scores[kept],
+        detection_boxes=np.take(found.boxes, kept, axis=0), detection_scores=found.scores[kept],
         detection_images=detection_image[kept], detection_categories=detection_category[kept],
-        truth_boxes=truth.boxes[truth_kept], truth_areas=truth.areas[truth_kept], truth_crowd=truth.crowd[truth_kept],
+        truth_boxes=np.take(truth.boxes, truth_kept, axis=0), truth_areas=truth.areas[truth_kept],
+        truth_crowd=truth.crowd[truth_kept],
         truth_counted=counted, truth_images=truth_image[truth_kept], truth_categories=truth_category[truth_kept],
         num_images=len(images), num_categories=num_categories,
     )

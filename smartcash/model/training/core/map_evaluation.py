@@ -18,7 +18,8 @@ from smartcash.model.training.core.map_accumulation import (
     confidence_curves,
     yolo_class_ap,
 )
-from smartcash.model.training.core.map_matching import greedy_match, same_group_pairs, xyxy_to_xywh, yolo_pair_iou
+from smartcash.model.training.core.map_matching import greedy_match
+from smartcash.model.training.core.map_pairs import same_group_pairs, xyxy_to_xywh, yolo_pair_iou
 from smartcash.model.training.core.map_result import MapResult
 
 # ultralytics: torch.linspace(0.5, 0.95, 10) in float32; equal to this cast (checked in the tests).

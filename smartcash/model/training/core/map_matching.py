@@ -5,8 +5,9 @@ that higher-scored predictions of the group left free. Groups are independent, s
 the *rank* inside a group and handle the k-th candidate prediction of every group, at every
 threshold and every "view" (COCO's area ranges), with one set of numpy operations. The number of
 iterations is the largest number of predictions that overlap some ground truth in one group, not
-the number of images or boxes. COCOeval (map_evaluation, coco_core) and ultralytics semantics
-(map_evaluation) both run through ``greedy_match``.
+the number of images or boxes; groups where each prediction has a single candidate need no loop
+at all. COCOeval (map_evaluation, coco_core) and ultralytics semantics (map_evaluation) both run
+through ``greedy_match``; the candidate pairs and their IoU come from ``map_pairs``.
 """
 
 from __future__ import annotations
@@ -15,93 +16,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Pairs:
-    """(prediction, ground truth) pairs of the same (image, class) group.
-
-    prediction: (P,) int64 index into the group-sorted predictions.
-    ground_truth: (P,) int64 index into the group-sorted ground truths.
-    """
-
-    prediction: np.ndarray
-    ground_truth: np.ndarray
+from smartcash.model.training.core.map_pairs import Pairs
 
 
 @dataclass(frozen=True)
 class Matches:
     """Every match made: prediction (Q,) int64, column (Q,) int64 = view * T + threshold index,
-    ground_truth (Q,) int64. A prediction appears at most once per column."""
+    ground_truth (Q,) int64. A prediction appears at most once per column.
+
+    shared (Q,) bool: the match is made alike in every view and listed once, column = the
+    threshold index (a group matched once for all views, see ``greedy_match``).
+    """
 
     prediction: np.ndarray
     column: np.ndarray
     ground_truth: np.ndarray
-
-
-def same_group_pairs(prediction_group: np.ndarray, truth_group: np.ndarray, num_groups: int | None = None) -> Pairs:
-    """All pairs sharing a group id. Both inputs are sorted ascending: (N,) and (M,) -> Pairs.
-
-    num_groups: an upper bound of the group ids, if small enough for a table (faster than
-    binary searches).
-    """
-    if num_groups is not None and num_groups <= 8 * (len(prediction_group) + len(truth_group)) + 4096:
-        per_group = np.bincount(truth_group, minlength=num_groups)
-        first = np.cumsum(per_group) - per_group
-        start, count = first[prediction_group], per_group[prediction_group]  # (N,) each
-    else:
-        start = np.searchsorted(truth_group, prediction_group, side="left")  # (N,)
-        count = np.searchsorted(truth_group, prediction_group, side="right") - start  # (N,)
-    prediction = np.repeat(np.arange(len(prediction_group), dtype=np.int64), count)  # (P,)
-    first_of_prediction = np.repeat(np.cumsum(count) - count, count)  # (P,)
-    ground_truth = start[prediction] + (np.arange(len(prediction), dtype=np.int64) - first_of_prediction)
-    return Pairs(prediction, ground_truth)
-
-
-def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
-    """[x1, y1, x2, y2] -> COCO's [x, y, width, height]. (N, 4) -> (N, 4) float64."""
-    boxes = np.asarray(boxes, dtype=np.float64)
-    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-
-
-def coco_pair_iou(predicted_xywh: np.ndarray, truth_xywh: np.ndarray, truth_crowd: np.ndarray | None = None) -> np.ndarray:
-    """IoU of paired [x, y, w, h] boxes as pycocotools' ``maskUtils.iou`` computes it (float64).
-
-    Same operations as maskApi.c ``bbIou``: no +1 on widths, right edge ``w + x``, union
-    ``area_d + area_g - intersection``; against a crowd ground truth the union is the
-    prediction's own area (the part of the prediction inside the crowd region). A box with zero
-    width or height, or no overlap, has IoU 0.
-    predicted_xywh, truth_xywh: (P, 4); truth_crowd: (P,) bool or None -> (P,).
-    """
-    px, py, pw, ph = predicted_xywh.T
-    gx, gy, gw, gh = truth_xywh.T
-    width = np.minimum(pw + px, gw + gx) - np.maximum(px, gx)
-    height = np.minimum(ph + py, gh + gy) - np.maximum(py, gy)
-    overlap = (width > 0) & (height > 0)  # bbIou: `if (w <= 0) continue` -> IoU 0
-    iou = np.zeros(len(px), dtype=np.float64)
-    intersection = width[overlap] * height[overlap]
-    predicted_area = pw[overlap] * ph[overlap]
-    union = predicted_area + gw[overlap] * gh[overlap] - intersection  # da + ga - i
-    if truth_crowd is not None:
-        union = np.where(truth_crowd[overlap], predicted_area, union)  # crowd: u = da
-    iou[overlap] = intersection / union
-    return iou
-
-
-def yolo_pair_iou(predicted_xyxy: np.ndarray, truth_xyxy: np.ndarray) -> np.ndarray:
-    """IoU of paired boxes as ultralytics' ``box_iou(ground_truth, predictions)`` computes it.
-
-    It casts to float32 (``.float()``), clamps the overlap at 0 and adds eps = 1e-7 to the union:
-    inter / (area_truth + area_prediction - inter + eps), every step in float32.
-    predicted_xyxy, truth_xyxy: (P, 4) -> (P,) float32.
-    """
-    prediction = predicted_xyxy.astype(np.float32)
-    truth = truth_xyxy.astype(np.float32)
-    overlap = np.maximum(np.minimum(truth[:, 2:], prediction[:, 2:]) - np.maximum(truth[:, :2], prediction[:, :2]), 0)
-    intersection = overlap[:, 0] * overlap[:, 1]
-    truth_size = truth[:, 2:] - truth[:, :2]
-    prediction_size = prediction[:, 2:] - prediction[:, :2]
-    union = truth_size[:, 0] * truth_size[:, 1] + prediction_size[:, 0] * prediction_size[:, 1] - intersection
-    return intersection / (union + np.float32(1e-7))
+    shared: np.ndarray
 
 
 def rank_in_group(group: np.ndarray) -> np.ndarray:
@@ -215,15 +145,71 @@ def _match_views(
     return tuple(np.concatenate(parts) for parts in zip(*found))
 
 
-def _uniform_groups(group: np.ndarray, pattern: np.ndarray) -> np.ndarray:
-    """Per pair: do all pairs of its group carry the same pattern? (P,), (P,) small ints -> (P,).
-    Exact integer variance: count * sum(x^2) == sum(x)^2."""
-    _, index = np.unique(group, return_inverse=True)
-    index = index.reshape(-1)
-    count = np.bincount(index).astype(np.int64)
-    total = np.bincount(index, weights=pattern).astype(np.int64)
-    squares = np.bincount(index, weights=pattern.astype(np.float64) ** 2).astype(np.int64)
-    return (count * squares == total * total)[index]
+def _all_in_group(group_index: np.ndarray, holds: np.ndarray) -> np.ndarray:
+    """Per element: does `holds` hold for every element of its group? group_index: (P,) small
+    non-negative ints; holds: (P,) bool -> (P,) bool."""
+    failed = np.zeros(int(group_index.max()) + 1, dtype=bool)
+    failed[group_index[~holds]] = True
+    return ~failed[group_index]
+
+
+def _match_alone(prediction: np.ndarray, truth: np.ndarray, iou: np.ndarray, thresholds: np.ndarray,
+                 reusable: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy matching where every prediction has one candidate ground truth (the common case:
+    one box near one object). Nothing to choose: a prediction takes its ground truth at every
+    threshold its IoU reaches, unless a lower-indexed prediction took it there first (never a
+    reusable one): at the thresholds above the best IoU of the earlier predictions on the same
+    ground truth. No loop: a running maximum per ground truth, of threshold counts (exact ints).
+    (S,) pairs in prediction order -> (prediction, threshold index, truth) of every match."""
+    # By ground truth, then prediction: pairs come in prediction order, one per prediction.
+    order = sort_lexicographic([(truth, int(truth.max()) + 1), (np.arange(len(truth)), len(truth))])
+    prediction, truth, iou = prediction[order], truth[order], iou[order]
+    by_threshold = np.argsort(thresholds, kind="stable")
+    reached = np.zeros(len(iou), dtype=np.intp)  # thresholds <= iou: the first `reached` of them
+    for threshold in thresholds:  # a few passes: faster than searchsorted's binary searches
+        reached += iou >= threshold
+    first = np.r_[True, truth[1:] != truth[:-1]]
+    # Best `reached` among the earlier pairs of the same ground truth: a running maximum that
+    # restarts per ground truth (an offset per segment keeps segments apart), shifted by one.
+    segment_offset = (np.cumsum(first) - 1) * (len(thresholds) + 1)
+    running = np.maximum.accumulate(reached + segment_offset) - segment_offset
+    earlier = np.empty_like(running)
+    earlier[0] = 0
+    earlier[1:] = np.where(first[1:], 0, running[:-1])
+    if reusable is not None:
+        earlier[reusable[order]] = 0  # a crowd is never taken
+    count = np.maximum(reached - earlier, 0)  # thresholds earlier .. reached - 1
+    pair = np.repeat(np.arange(len(truth)), count)
+    threshold = earlier[pair] + np.arange(len(pair)) - np.repeat(np.cumsum(count) - count, count)
+    return prediction[pair], by_threshold[threshold], truth[pair]
+
+
+def _match_ranked(prediction: np.ndarray, truth: np.ndarray, iou: np.ndarray, group_index: np.ndarray,
+                  is_first: np.ndarray, preferred: np.ndarray | None, reusable: np.ndarray | None,
+                  thresholds: np.ndarray, num_truths: int) -> list[tuple[np.ndarray, ...]]:
+    """The rank loop (``_match_views``) for groups where a prediction may choose. Pairs in
+    prediction order, each prediction's in ascending preference; is_first: a prediction's first
+    pair; preferred: (P, V) or None -> [(prediction, column, truth, shared)]."""
+    views = preferred is not None and preferred.shape[1] > 1
+    preferred = np.ones((len(prediction), 1), dtype=bool) if preferred is None else preferred
+    # A group whose candidate ground truths share one preference pattern across the views (one
+    # object, or objects of one size) orders them alike in every view: matched once, shared.
+    uniform = np.ones(len(prediction), dtype=bool)
+    if views:
+        same = np.r_[True, (preferred[1:] == preferred[:-1]).all(axis=1) | (group_index[1:] != group_index[:-1])]
+        uniform = _all_in_group(group_index, same)
+    # Rank among the predictions that have a candidate: only they can take a ground truth away.
+    pair_rank = rank_in_group(group_index[is_first])[np.cumsum(is_first) - 1]
+    rank_dtype = np.int16 if pair_rank.max() < 2**15 else np.int64  # int16: numpy's radix sort
+    by_rank = np.argsort(pair_rank.astype(rank_dtype), kind="stable")  # keeps preference order
+    parts = []
+    for subset, num_views in ((by_rank[uniform[by_rank]], 1), (by_rank[~uniform[by_rank]], preferred.shape[1])):
+        if len(subset):
+            found = _match_views(prediction[subset], truth[subset], iou[subset], pair_rank[subset], thresholds,
+                                 preferred[subset][:, :num_views], None if reusable is None else reusable[subset],
+                                 num_truths)
+            parts.append((*found, np.full(len(found[0]), views and num_views == 1)))
+    return parts
 
 
 def greedy_match(
@@ -242,7 +228,9 @@ def greedy_match(
     (``truth_preferred``) beats any ignored one, whatever the IoUs (``evaluateImg`` sorts ignored
     ground truth last and stops at the first one once it holds a regular match); then the highest
     IoU; then among equal IoUs the last ground truth (COCOeval) or the first (ultralytics).
-    A ``truth_reusable`` ground truth (COCO crowd) stays free after being matched.
+    A ``truth_reusable`` ground truth (COCO crowd) stays free after being matched. A group whose
+    candidates are preferred alike in every view is matched once: its matches come back shared.
+    Groups where each prediction has one candidate need no loop (``_match_alone``).
 
     pairs: P pairs with iou (P,); thresholds (T,); prediction_group (N,) sorted ascending;
     truth_preferred: (M, V) bool or None (one view, no preference); truth_reusable: (M,) or None.
@@ -251,36 +239,28 @@ def greedy_match(
     keep = iou >= thresholds.min()  # a pair below every threshold can never match
     prediction, truth, iou = pairs.prediction[keep], pairs.ground_truth[keep], iou[keep]
     if len(prediction) == 0:
-        return Matches(empty, empty, empty)
-    prediction, iou, truth = _by_preference(prediction, iou, truth, ties_to_last)
-    # Rank among the predictions that have a candidate: only they can take a ground truth away.
-    is_first = np.r_[True, prediction[1:] != prediction[:-1]]
-    candidates = prediction[is_first]
-    pair_rank = rank_in_group(prediction_group[candidates])[np.cumsum(is_first) - 1]
-    rank_dtype = np.int16 if pair_rank.max() < 2**15 else np.int64  # int16: numpy's radix sort
-    by_rank = np.argsort(pair_rank.astype(rank_dtype), kind="stable")  # keeps preference order
-    prediction, truth, iou, pair_rank = prediction[by_rank], truth[by_rank], iou[by_rank], pair_rank[by_rank]
-    num_truths = int(pairs.ground_truth.max()) + 1
+        return Matches(empty, empty, empty, np.zeros(0, dtype=bool))
+    if (prediction[1:] < prediction[:-1]).any():  # same_group_pairs gives them in prediction order
+        order = np.argsort(prediction, kind="stable")
+        prediction, truth, iou = prediction[order], truth[order], iou[order]
+    views = truth_preferred is not None and truth_preferred.shape[1] > 1
     reusable = None if truth_reusable is None else truth_reusable[truth]
-    if truth_preferred is None or truth_preferred.shape[1] == 1:
-        preferred = np.ones((len(prediction), 1), dtype=bool) if truth_preferred is None else truth_preferred[truth]
-        return Matches(*_match_views(prediction, truth, iou, pair_rank, thresholds, preferred, reusable, num_truths))
-
-    # A group whose candidate ground truths share one preference pattern across the views (one
-    # object, or objects of one size) orders them alike in every view: match it once, copy.
-    num_views, num_thresholds = truth_preferred.shape[1], len(thresholds)
-    preferred = truth_preferred[truth]  # (P, V)
-    pattern = (preferred * (1 << np.arange(num_views))).sum(axis=1)
-    uniform = _uniform_groups(prediction_group[prediction], pattern)
+    # Pairs in prediction order are in group order: groups are runs.
+    group = prediction_group[prediction]
+    group_index = np.cumsum(np.r_[True, group[1:] != group[:-1]]) - 1
+    is_first = np.r_[True, prediction[1:] != prediction[:-1]]  # a prediction's first pair
+    simple = _all_in_group(group_index, is_first & np.r_[is_first[1:], True])  # ... and its last
     parts = []
-    for subset, views in ((np.flatnonzero(uniform), 1), (np.flatnonzero(~uniform), num_views)):
-        if not len(subset):
-            continue
-        found = _match_views(prediction[subset], truth[subset], iou[subset], pair_rank[subset], thresholds,
-                             preferred[subset][:, :views], None if reusable is None else reusable[subset], num_truths)
-        if views == 1:  # the same matches in every view
-            found = (np.tile(found[0], num_views),
-                     (np.arange(num_views)[:, None] * num_thresholds + found[1][None, :]).reshape(-1),
-                     np.tile(found[2], num_views))
-        parts.append(found)
+    if simple.any():  # alike in every view (nothing to prefer): shared
+        found = _match_alone(prediction[simple], truth[simple], iou[simple], thresholds,
+                             None if reusable is None else reusable[simple])
+        parts.append((*found, np.full(len(found[0]), views)))
+    rest = np.flatnonzero(~simple)
+    if len(rest):
+        # Sorting inside each prediction's run of pairs keeps group_index and is_first in place.
+        prediction, iou, truth = _by_preference(prediction[rest], iou[rest], truth[rest], ties_to_last)
+        preferred = None if truth_preferred is None else truth_preferred[truth]
+        parts += _match_ranked(prediction, truth, iou, group_index[rest], is_first[rest], preferred,
+                               None if truth_reusable is None else truth_reusable[truth], thresholds,
+                               int(truth.max()) + 1)
     return Matches(*(np.concatenate(arrays) for arrays in zip(*parts)))
