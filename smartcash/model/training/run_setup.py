@@ -218,11 +218,6 @@ def write_final_plots(run_dir: Path, result: Any, taxonomy: Taxonomy) -> list[Pa
     written = [p for p in [plot_curves(run_dir / "results.csv", run_dir / "results.png")] if p]
     if result is None:
         return written
-    import importlib.util
-
-    if importlib.util.find_spec("smartcash.plots") is None:
-        logger.warning("smartcash/plots.py not available: no PR curve / confusion matrix")
-        return written
     from smartcash import plots
 
     written += plots.plot_validation(result, run_dir, taxonomy)

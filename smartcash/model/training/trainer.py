@@ -36,7 +36,7 @@ from smartcash.model.training import run_lock, run_setup
 from smartcash.model.training.checkpoint import (checkpoint_bytes, restore_rng_state,
                                                  rng_state, save_checkpoint)
 from smartcash.model.training.optim import ModelEMA, group_lrs
-from smartcash.model.training.core.validation_executor import ValidationExecutor
+from smartcash.model.training.core.validation_executor import ValidationExecutor, ValidationSettings
 from smartcash.model.training.phases import enter_phase
 from smartcash.model.training.recipe import choose_recipe, resumed_recipe
 from smartcash.model.training.records import ResultsWriter
@@ -224,7 +224,8 @@ class Trainer:
             logger.info("%s%s", summary, at_imgsz)
         self.loss_fn = YoloLoss(model, load_loss_config(),
                                 phase_recipe.effective_loss_gains(config.imgsz, self.taxonomy.num_classes))
-        self.validator = ValidationExecutor(self.taxonomy, show_progress=dist.is_main)
+        self.validator = ValidationExecutor(self.taxonomy, settings=ValidationSettings.from_values(config.to_dict()),
+                                            show_progress=dist.is_main)
         self.phase_setup = enter_phase(config.phase, model, config, phase_recipe, len(self.train_loader),
                                        dist.world_size, self.validator)
         self.close_mosaic = phase_recipe.close_mosaic if config.close_mosaic is None else config.close_mosaic
@@ -315,8 +316,7 @@ class Trainer:
                    "fitness": float(result.fitness), "lr/backbone": lrs.get("backbone", 0.0),
                    "lr/head": lrs.get("head", 0.0), "epoch_time_s": seconds}
             tracker = self.phase_setup.early_stopping
-            partial = bool(getattr(result, "partial", False))
-            improved = not partial and tracker.update(epoch, _fitness_value(tracker.metric, row))
+            improved = tracker.update(epoch, _fitness_value(tracker.metric, row))
             if improved:
                 self.best_row, self.best_result = row, result
             self.epoch, self.last_row = epoch, row
