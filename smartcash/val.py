@@ -144,7 +144,7 @@ def _precise_bn(model: Any, dataset: Any, imgsz: int, args: argparse.Namespace, 
 class Evaluation:
     """What ``evaluate_checkpoint`` measured, with what it needs to report it."""
 
-    result: Any  # ValidationResult: .fine / .main MapResult, .classification, losses, fitness
+    result: Any  # ValidationResult: .metrics (.fine / .main MapResult, .classification, losses), .fitness
     taxonomy: Any
     data: Path
     imgsz: int
@@ -219,8 +219,9 @@ def validate(**flags: Any) -> Any:
     ``precise_bn=128`` ...), with the same defaults; plots and ``json=`` are written as the CLI does.
 
     Returns:
-        ValidationResult: ``.fine`` and ``.main`` (``MapResult``: map50, map50_95, per-class AP ...),
-        ``.classification`` (denomination accuracy, confusion matrix), losses, ``.fitness``.
+        ValidationResult: ``.metrics.fine`` and ``.metrics.main`` (``MapResult``: map50, map50_95,
+        per-class AP ...), ``.metrics.classification`` (denomination accuracy, confusion matrix),
+        losses, ``.fitness``.
 
     Raises:
         TypeError: an unknown keyword. UsageError (ValueError): bad flags, weights or dataset.
@@ -249,12 +250,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: validation stopped, nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
     result, taxonomy = evaluation.result, evaluation.taxonomy
-    print(f"\n{evaluation.data} [{args.split}]: {result.num_images} images, imgsz {evaluation.imgsz}, mode "
+    metrics = result.metrics
+    print(f"\n{evaluation.data} [{args.split}]: {metrics.num_images} images, imgsz {evaluation.imgsz}, mode "
           f"{result.mode}, {result.images_per_second:.1f} images/s")
-    print("\nFine classes\n" + class_table(result.fine, taxonomy.names, result.images_per_class, result.num_images))
-    print("\nMain classes\n" + class_table(result.main, taxonomy.main_names, result.images_per_main_class,
-                                            result.num_images))
-    denomination = result.classification.denomination
+    print("\nFine classes\n" + class_table(metrics.fine, taxonomy.names, metrics.images_per_class, metrics.num_images))
+    print("\nMain classes\n" + class_table(metrics.main, taxonomy.main_names, metrics.images_per_main_class,
+                                            metrics.num_images))
+    denomination = metrics.classification.denomination
     print(f"\nDenomination (per image): accuracy {denomination.accuracy:.3f}, precision {denomination.precision:.3f}, "
           f"recall {denomination.recall:.3f}, F1 {denomination.f1:.3f}; fitness {result.fitness:.4f}")
     try:

@@ -112,8 +112,8 @@ def test_results_do_not_depend_on_the_progress_interval(model, data_yaml) -> Non
     for timing in ("seconds", "images_per_second"):
         first.pop(timing), second.pop(timing)
     assert first == second
-    assert results[1].num_images == 5 and results[1].num_batches == 3
-    assert results[1].fine.map50 > 0  # the test is not vacuous
+    assert results[1].metrics.num_images == 5 and results[1].metrics.num_batches == 3
+    assert results[1].metrics.fine.map50 > 0  # the test is not vacuous
 
 
 def test_map_equals_the_calculator_on_the_same_predictions(model, data_yaml) -> None:
@@ -123,12 +123,12 @@ def test_map_equals_the_calculator_on_the_same_predictions(model, data_yaml) -> 
     calculator = ParallelMapCalculator(17, mode="coco", class_map=taxonomy.fine_to_main)
     calculator.update(predictions, targets)
     expected = calculator.compute()
-    for mine, theirs in ((result.fine, expected), (result.main, expected.main)):
+    for mine, theirs in ((result.metrics.fine, expected), (result.metrics.main, expected.main)):
         assert mine.map50 == pytest.approx(theirs.map50, abs=1e-12)
         assert mine.map50_95 == pytest.approx(theirs.map50_95, abs=1e-12)
         np.testing.assert_allclose(mine.ap, theirs.ap, atol=1e-12)
         np.testing.assert_array_equal(mine.num_targets_per_class, theirs.num_targets_per_class)
-    np.testing.assert_array_equal(result.images_per_class,
+    np.testing.assert_array_equal(result.metrics.images_per_class,
                                   [sum(c in t[:, 0] for t in targets) for c in range(17)])
     assert result.metrics_row()["metrics/mAP50"] == pytest.approx(expected.map50)
     assert result.fitness == pytest.approx(0.1 * expected.map50 + 0.9 * expected.map50_95)
@@ -159,10 +159,10 @@ def _ultralytics_box_metrics(model, data_yaml: Path):
 def test_yolo_mode_equals_ultralytics_metrics(model, data_yaml) -> None:
     result = _validate(model, data_yaml, mode="yolo")
     box = _ultralytics_box_metrics(model, data_yaml)
-    assert result.fine.map50 == pytest.approx(box.map50, abs=1e-9)
-    assert result.fine.map50_95 == pytest.approx(box.map, abs=1e-9)
-    assert result.fine.mean_precision == pytest.approx(box.mp, abs=1e-9)
-    assert result.fine.mean_recall == pytest.approx(box.mr, abs=1e-9)
+    assert result.metrics.fine.map50 == pytest.approx(box.map50, abs=1e-9)
+    assert result.metrics.fine.map50_95 == pytest.approx(box.map, abs=1e-9)
+    assert result.metrics.fine.mean_precision == pytest.approx(box.mp, abs=1e-9)
+    assert result.metrics.fine.mean_recall == pytest.approx(box.mr, abs=1e-9)
 
 
 def test_losses_are_the_training_loss_averaged_over_images(model, data_yaml) -> None:
@@ -176,14 +176,14 @@ def test_losses_are_the_training_loss_averaged_over_images(model, data_yaml) -> 
             total += torch.stack((parts.box, parts.obj, parts.cls)) * len(batch.images)
             images += len(batch.images)
     expected = (total / images).tolist()
-    assert [result.box_loss, result.obj_loss, result.cls_loss] == pytest.approx(expected, rel=1e-5)
+    assert [result.metrics.box_loss, result.metrics.obj_loss, result.metrics.cls_loss] == pytest.approx(expected, rel=1e-5)
     assert not model.training  # the executor restores the mode it found
 
 
 def test_fitness_weights_come_from_the_settings(model, data_yaml) -> None:
     settings = ValidationSettings.from_values({**_default_values(), "fitness_map50": 1.0, "fitness_map50_95": 0.0})
     result = _validate(model, data_yaml, settings=settings)
-    assert result.fitness == pytest.approx(result.fine.map50) and result.fine.map50 > 0
+    assert result.fitness == pytest.approx(result.metrics.fine.map50) and result.metrics.fine.map50 > 0
 
 
 def test_result_serialises_and_row_has_the_trainer_keys(model, data_yaml) -> None:
@@ -241,6 +241,6 @@ def test_val_cli_precise_bn_re_estimates_statistics_first(model, data_yaml, tmp_
     PreciseBatchNorm(dataset, 3, seed=0, batch_size=2)(reference, torch.device("cpu"))
     expected = _validate(reference.eval(), data_yaml)
     saved = json.loads(output.read_text())["metrics"]
-    assert saved["metrics/mAP50-95"] == pytest.approx(expected.fine.map50_95)
+    assert saved["metrics/mAP50-95"] == pytest.approx(expected.metrics.fine.map50_95)
     plain = _validate(model, data_yaml)
-    assert saved["metrics/mAP50-95"] != pytest.approx(plain.fine.map50_95)  # the statistics did change
+    assert saved["metrics/mAP50-95"] != pytest.approx(plain.metrics.fine.map50_95)  # the statistics did change

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,14 +20,22 @@ from smartcash.config import TrainConfig
 from smartcash.model.training.checkpoint import CheckpointError, load_checkpoint
 from smartcash.taxonomy import Taxonomy
 
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from smartcash.data.checks import SplitReport
+    from smartcash.data.dataset import YoloDataset
+    from smartcash.model.training.core.validation_executor import ValidationExecutor, ValidationResult
+    from smartcash.model.training.precise_bn import PreciseBatchNorm
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RunData:
     taxonomy: Taxonomy
-    train_loader: Any  # DataLoader of Batch
-    val_loader: Any | None  # rank 0 only: the full val split
+    train_loader: DataLoader  # of Batch, over a YoloDataset
+    val_loader: DataLoader | None  # rank 0 only: the full val split
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ class StartingModel:
     pretrained_backbone: bool
 
 
-def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, train_dataset: Any,
+def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, train_dataset: YoloDataset,
                    device: torch.device) -> StartingModel:
     """The model on ``device`` with its starting weights and anchors (autoanchor for a fresh phase 1)."""
     from smartcash.model.build import build_model
@@ -141,7 +149,8 @@ def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, t
     return StartingModel(model.to(device), False)
 
 
-def build_precise_bn(config: TrainConfig, device: torch.device, report: Any = None) -> Any:
+def build_precise_bn(config: TrainConfig, device: torch.device,
+                     report: SplitReport | None = None) -> PreciseBatchNorm:
     """The precise-BatchNorm hook over a fixed sample of the (non-augmented) training split.
 
     ``report``: the training dataset's scan, reused so that its skipped-images warning is given once.
@@ -154,7 +163,7 @@ def build_precise_bn(config: TrainConfig, device: torch.device, report: Any = No
     return PreciseBatchNorm(dataset, config.precise_bn_images, config.seed, config.batch)
 
 
-def estimate_random_backbone_statistics(model: nn.Module, train_dataset: Any, config: TrainConfig,
+def estimate_random_backbone_statistics(model: nn.Module, train_dataset: YoloDataset, config: TrainConfig,
                                         device: torch.device) -> None:
     """BatchNorm statistics of a randomly initialised backbone that a recipe freezes, from up to
     CALIBRATION_IMAGES training images (evenly spaced, augmented as in training, reseeded: the
@@ -179,7 +188,7 @@ def estimate_random_backbone_statistics(model: nn.Module, train_dataset: Any, co
                    "until the backbone trains (--recipe scratch trains it from the start)", images)
 
 
-def dataset_box_sizes(dataset: Any, imgsz: int) -> np.ndarray:
+def dataset_box_sizes(dataset: YoloDataset, imgsz: int) -> np.ndarray:
     """(n, 2) label (w, h) in pixels after letterboxing to ``imgsz`` (for autoanchor)."""
     from smartcash.model.anchors import scaled_box_sizes
 
@@ -211,7 +220,7 @@ def prepare_run_dir(config: TrainConfig) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def write_final_plots(run_dir: Path, result: Any, taxonomy: Taxonomy) -> list[Path]:
+def write_final_plots(run_dir: Path, result: ValidationResult | None, taxonomy: Taxonomy) -> list[Path]:
     """Loss/metric curves from results.csv, and the PR curve + confusion matrix of ``result``."""
     from smartcash.model.training.curves import plot_curves
 
@@ -224,7 +233,7 @@ def write_final_plots(run_dir: Path, result: Any, taxonomy: Taxonomy) -> list[Pa
     return written
 
 
-def register_run(config: TrainConfig, best_weights: Path, best_row: dict[str, Any], epochs: int) -> None:
+def register_run(config: TrainConfig, best_weights: Path, best_row: dict[str, float], epochs: int) -> None:
     """Add (or replace) ``NAME/phaseN`` in ``PROJECT/registry.json``."""
     from smartcash.model.training.registry import ModelRegistry, RegistryEntry
 
@@ -236,8 +245,8 @@ def register_run(config: TrainConfig, best_weights: Path, best_row: dict[str, An
     ModelRegistry(Path(config.project) / "registry.json").add(entry)
 
 
-def validate_checkpoint(path: Path, model: nn.Module, validator: Any, loader: Any,
-                        device: torch.device) -> Any:
+def validate_checkpoint(path: Path, model: nn.Module, validator: ValidationExecutor, loader: DataLoader,
+                        device: torch.device) -> ValidationResult:
     """Validation result of a checkpoint's EMA weights (for the final plots after a resume)."""
     state = load_checkpoint(path)
     model.load_state_dict(state["ema"])

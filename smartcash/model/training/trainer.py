@@ -21,9 +21,10 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -36,7 +37,8 @@ from smartcash.model.training import run_lock, run_setup
 from smartcash.model.training.checkpoint import (checkpoint_bytes, restore_rng_state,
                                                  rng_state, save_checkpoint)
 from smartcash.model.training.optim import ModelEMA, group_lrs
-from smartcash.model.training.core.validation_executor import ValidationExecutor, ValidationSettings
+from smartcash.model.training.core.validation_executor import (ValidationExecutor, ValidationResult,
+                                                                ValidationSettings)
 from smartcash.model.training.phases import enter_phase
 from smartcash.model.training.recipe import choose_recipe, resumed_recipe
 from smartcash.model.training.records import ResultsWriter
@@ -44,7 +46,11 @@ from smartcash.model.training.reports import RunReports
 from smartcash.model.training.trackers import FAILED, FINISHED, KILLED, RunInfo, build_trackers
 from smartcash.taxonomy import load_loss_config
 
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
 logger = logging.getLogger(__name__)
+Item = TypeVar("Item")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,10 +87,10 @@ class TrainResult:
     best_value: float
     epochs_completed: int
     stopped_early: bool
-    metrics: dict[str, Any] = field(default_factory=dict)  # the best epoch's results.csv row
+    metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's results.csv row
 
 
-def optimization_step(model: nn.Module, images: Tensor, targets: Tensor, loss_fn: Any,
+def optimization_step(model: nn.Module, images: Tensor, targets: Tensor, loss_fn: YoloLoss,
                       optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ema: ModelEMA,
                       *, update: bool, clip_grad_norm: float, amp: bool, where: tuple[int, int]) -> LossOutput:
     """Forward, loss, backward; when ``update``: unscale, clip, step, zero, EMA.
@@ -127,7 +133,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _fitness_value(metric: str, row: dict[str, Any]) -> float:
+def _fitness_value(metric: str, row: dict[str, float]) -> float:
     if metric not in row:
         raise KeyError(f"early_stop_metric {metric!r} is not a results column ({', '.join(row)})")
     return float(row[metric])
@@ -155,10 +161,12 @@ class Trainer:
             torch.set_num_threads(config.threads)  # leave cores to the loader workers (config.py)
         self.start_epoch = 0
         self.epoch = -1  # last completed epoch
-        self.best_row: dict[str, Any] = {}
-        self.last_row: dict[str, Any] = {}
-        self.best_result: Any = None
-        self.folder_lock: Any = None  # rank 0: the run folder's lock file (run_lock.py)
+        self.best_row: dict[str, float] = {}
+        self.last_row: dict[str, float] = {}
+        self.best_result: ValidationResult | None = None
+        self.folder_lock: IO[str] | None = None  # rank 0: the run folder's lock file (run_lock.py)
+        self.train_loader: DataLoader  # before_train, from here on
+        self.val_loader: DataLoader | None
         self.reports = RunReports.off()  # rank 0: pictures and trackers (before_train)
 
     # ------------------------------------------------------------------ the loop
@@ -362,7 +370,7 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ pieces
-    def validate(self) -> Any:
+    def validate(self) -> ValidationResult:
         """Evaluate the EMA weights on the full val loader (rank 0)."""
         return self.validator.run(self.ema.module, self.val_loader, self.device,
                                   keep_sample=self.reports.wants_validation_sample)
@@ -407,7 +415,7 @@ class Trainer:
         if state.get("metrics"):
             self.last_row = dict(state["metrics"])
 
-    def _progress(self, iterable: Any, description: str) -> Any:
+    def _progress(self, iterable: Iterable[Item], description: str) -> Iterable[Item]:
         if not self.dist.is_main:
             return iterable
         from tqdm import tqdm

@@ -16,15 +16,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from smartcash.model.training.core.classification_extractor import ClassificationExtractor, ClassificationResult
-from smartcash.model.training.core.map_result import MapResult
+from smartcash.model.training.core.classification_extractor import ClassificationExtractor
 from smartcash.model.training.core.prediction_processor import PredictionProcessor
-from smartcash.model.training.core.validation_batch_processor import LossFunction, ValidationBatchProcessor
+from smartcash.model.training.core.validation_batch_processor import (LossFunction, ValidationBatchProcessor,
+                                                                      ValidationMetrics)
 from smartcash.taxonomy import LossConfig, Taxonomy, load_loss_config, load_taxonomy
 
 logger = logging.getLogger(__name__)
@@ -87,18 +86,9 @@ def validation_sample(batch: Any, detections: Tensor) -> ValidationSample:
 
 @dataclass(frozen=True)
 class ValidationResult:
-    """What one validation run measured, over every image of the loader."""
+    """What one validation run measured, over every image of the loader, and how it ran."""
 
-    box_loss: float
-    obj_loss: float
-    cls_loss: float
-    fine: MapResult  # mAP & co over the detector's classes
-    main: MapResult  # over the main classes
-    classification: ClassificationResult
-    images_per_class: np.ndarray  # (C,) images holding each fine class (ground truth)
-    images_per_main_class: np.ndarray  # (M,)
-    num_images: int
-    num_batches: int
+    metrics: ValidationMetrics  # losses, mAP (fine / main), classification, image counts
     seconds: float  # wall time of the loop, data loading included
     mode: str  # "coco" or "yolo"
     fitness_weights: tuple[float, float]  # (mAP50, mAP50-95) weights of ``fitness``
@@ -106,42 +96,45 @@ class ValidationResult:
 
     @property
     def images_per_second(self) -> float:
-        return self.num_images / self.seconds if self.seconds > 0 else 0.0
+        return self.metrics.num_images / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def fitness(self) -> float:
         """w0 * mAP50 + w1 * mAP50-95 over the fine classes (``fitness_weights``; YOLOv5's 0.1, 0.9)."""
         map50_weight, map50_95_weight = self.fitness_weights
-        return map50_weight * _finite(self.fine.map50) + map50_95_weight * _finite(self.fine.map50_95)
+        fine = self.metrics.fine
+        return map50_weight * _finite(fine.map50) + map50_95_weight * _finite(fine.map50_95)
 
     def metrics_row(self) -> dict[str, float]:
         """The flat row the trainer writes to results.csv."""
+        metrics = self.metrics
         return {
-            "val/box_loss": self.box_loss,
-            "val/obj_loss": self.obj_loss,
-            "val/cls_loss": self.cls_loss,
-            "metrics/precision": _finite(self.fine.mean_precision),
-            "metrics/recall": _finite(self.fine.mean_recall),
-            "metrics/mAP50": _finite(self.fine.map50),
-            "metrics/mAP50-95": _finite(self.fine.map50_95),
-            "metrics/main_mAP50": _finite(self.main.map50),
-            "metrics/main_mAP50-95": _finite(self.main.map50_95),
-            "metrics/denomination_accuracy": self.classification.denomination.accuracy,
+            "val/box_loss": metrics.box_loss,
+            "val/obj_loss": metrics.obj_loss,
+            "val/cls_loss": metrics.cls_loss,
+            "metrics/precision": _finite(metrics.fine.mean_precision),
+            "metrics/recall": _finite(metrics.fine.mean_recall),
+            "metrics/mAP50": _finite(metrics.fine.map50),
+            "metrics/mAP50-95": _finite(metrics.fine.map50_95),
+            "metrics/main_mAP50": _finite(metrics.main.map50),
+            "metrics/main_mAP50-95": _finite(metrics.main.map50_95),
+            "metrics/denomination_accuracy": metrics.classification.denomination.accuracy,
         }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN becomes None)."""
+        metrics = self.metrics
         return {
-            "losses": {"box": self.box_loss, "obj": self.obj_loss, "cls": self.cls_loss},
+            "losses": {"box": metrics.box_loss, "obj": metrics.obj_loss, "cls": metrics.cls_loss},
             "metrics": self.metrics_row(),
             "fitness": self.fitness,
-            "fine": self.fine.to_dict(),
-            "main": self.main.to_dict(),
-            "classification": self.classification.to_dict(),
-            "images_per_class": self.images_per_class.tolist(),
-            "images_per_main_class": self.images_per_main_class.tolist(),
-            "num_images": self.num_images,
-            "num_batches": self.num_batches,
+            "fine": metrics.fine.to_dict(),
+            "main": metrics.main.to_dict(),
+            "classification": metrics.classification.to_dict(),
+            "images_per_class": metrics.images_per_class.tolist(),
+            "images_per_main_class": metrics.images_per_main_class.tolist(),
+            "num_images": metrics.num_images,
+            "num_batches": metrics.num_batches,
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
             "partial": False,  # kept for readers of older files: validation always covers every batch
@@ -227,10 +220,5 @@ class ValidationExecutor:
             bar.close()
             model.train(was_training)
         seconds = time.perf_counter() - start
-        return ValidationResult(box_loss=metrics.box_loss, obj_loss=metrics.obj_loss, cls_loss=metrics.cls_loss,
-                                fine=metrics.fine, main=metrics.main, classification=metrics.classification,
-                                images_per_class=metrics.images_per_class,
-                                images_per_main_class=metrics.images_per_main_class,
-                                num_images=metrics.num_images, num_batches=metrics.num_batches, seconds=seconds,
-                                mode=self.mode, fitness_weights=self.settings.fitness_weights, sample=sample)
+        return ValidationResult(metrics, seconds, self.mode, self.settings.fitness_weights, sample)
 
