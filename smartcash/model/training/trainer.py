@@ -249,9 +249,7 @@ class Trainer:
         if start.resume:
             resumed = resume_from(start.state, optimizer=self.optimizer, scaler=self.scaler, ema=self.ema,
                                   phase_setup=self.phase_setup)
-            self.epoch, self.start_epoch = resumed.epoch, resumed.epoch + 1
-            if resumed.last_row:
-                self.last_row = resumed.last_row
+            self.epoch, self.start_epoch, self.last_row = resumed.epoch, resumed.epoch + 1, resumed.last_row
             logger.info("resuming %s from epoch %d", start.path, self.start_epoch)
         self.model = model
         if dist.world_size > 1:

@@ -29,7 +29,6 @@ from smartcash.taxonomy import LossConfig, Taxonomy, load_loss_config, load_taxo
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ValidationSettings:
     """The numbers that define a validation run (``configs/default.yaml``: val_conf, val_iou,
