@@ -171,7 +171,7 @@ def run_device(device: str, batch_sizes: list[int], repeats: int) -> dict[str, A
     from smartcash.taxonomy import load_taxonomy
 
     taxonomy = load_taxonomy()
-    extractor = ClassificationExtractor(taxonomy)
+    extractor = ClassificationExtractor(taxonomy, presence_threshold=0.25)
     loop = LoopExtractor(extractor)
     check_same_answers(extractor, loop, [make_batch(seed, size, taxonomy.num_classes, device)
                                          for seed, size in enumerate((1, 7, 64))])

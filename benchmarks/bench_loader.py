@@ -53,14 +53,6 @@ def ultralytics_pass(loader: Any, device: str) -> int:
     return images
 
 
-def respawning(loader: Any) -> Any:
-    """The loader as the Trainer uses it: its workers are started again every epoch."""
-    from smartcash.model.training.run_setup import _respawn_workers_each_epoch
-
-    _respawn_workers_each_epoch(loader)
-    return loader
-
-
 class StepRunner:
     """The training step of one phase, as ``Trainer.train_one_epoch`` runs it, on any batches."""
 
@@ -122,8 +114,9 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
 
     config = load_dataset_config(data.data_yaml)
 
-    def smartcash_loader(workers: int, augment: bool = True) -> Any:
-        return build_dataloader(config, "train", IMGSZ, BATCH, workers=workers, augment=augment, shuffle=True, seed=0)
+    def smartcash_loader(workers: int, augment: bool = True, persistent_workers: bool = True) -> Any:
+        return build_dataloader(config, "train", IMGSZ, BATCH, workers=workers, augment=augment, shuffle=True, seed=0,
+                                persistent_workers=persistent_workers)
 
     in_memory = [batch.to(device) for batch in smartcash_loader(0)]  # one augmented epoch, kept
     num_images = sum(len(batch.images) for batch in in_memory)
@@ -131,7 +124,7 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
     def one_pass(loader: Any) -> Any:
         return lambda: loader_pass(loader, device)
 
-    respawned = respawning(smartcash_loader(2))
+    respawned = smartcash_loader(2, persistent_workers=False)  # as the Trainer builds it
     functions = {
         "smartcash loader, workers=0": one_pass(smartcash_loader(0)),
         "smartcash loader, workers=2, respawned (as the Trainer)": one_pass(respawned),

@@ -173,7 +173,7 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
                            "threads": smartcash_threads,
                            "vs_forward_only": timing.median_s / group[base][0].median_s}
     for name in ("smartcash executor, loader", "smartcash executor, in memory"):
-        tools[name].update(map50=result.fine.map50, map50_95=result.fine.map50_95,
+        tools[name].update(map50=result.metrics.fine.map50, map50_95=result.metrics.fine.map50_95,
                            detections_per_image=detections_per_image)
     for label, threads in workloads.ultralytics_thread_variants(args.quick):
         peer = run_ultralytics(data, device, threads, args.ultralytics_weights, repeats)

@@ -4,7 +4,7 @@ The Python API mirrors the commands, keyword for flag::
 
     from smartcash import train, validate, predict, export
     result = train(phase=1, data="data.yaml", epochs=30)   # TrainResult
-    metrics = validate(weights=result.best_weights)         # ValidationResult (.fine / .main MapResult)
+    validation = validate(weights=result.best_weights)      # ValidationResult (.metrics.fine / .main MapResult)
 
 Imports nothing heavy: the API is loaded on first use (``__getattr__``), and
 ``smartcash.model.training.core.parallel_map_calculator`` is imported on its own by other

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import types
 import typing
@@ -22,7 +23,6 @@ from smartcash.atomic import atomic_write_text
 from smartcash.model.training.records import RESULTS_COLUMNS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
-MODELS = ("yolov5n", "yolov5s", "efficientnet_b4")
 #: Flags a ``--resume`` may change; everything else comes from the interrupted run's config.
 RESUME_OVERRIDES = ("device", "workers", "threads", "epochs", "patience", "tensorboard", "mlflow")
 #: What early stopping may track: fitness, and the results.csv columns of metrics and losses.
@@ -44,6 +44,8 @@ class TrainConfig:
     weights: str | None
     epochs: int
     imgsz: int | None
+    imgsz_cpu: int
+    imgsz_cuda: int
     batch: int
     workers: int
     threads: int | None
@@ -73,7 +75,15 @@ class TrainConfig:
     precise_bn_images: int
     patience: int
     early_stop_metric: str
+    fitness_map50: float
+    fitness_map50_95: float
     records_flush_every: int
+    val_conf: float
+    val_iou: float
+    max_det: int
+    presence_threshold: float
+    predict_conf: float
+    predict_iou: float
 
     @property
     def run_dir(self) -> Path:
@@ -112,10 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--phase", type=int, choices=(1, 2), help="training phase (default 1)")
     add("--data", help="data.yaml (default: the built-in synthetic dataset)")
-    add("--model", choices=MODELS)
+    from smartcash.model.build import MODEL_NAMES
+
+    add("--model", choices=MODEL_NAMES)
     add("--weights", help="phase 1: pretrained weights; phase 2: default NAME/phase1 best.pt")
     add("--epochs", type=int)
-    add("--imgsz", type=int, help="input size, multiple of 32 (default 320 CPU / 640 CUDA)")
+    add("--imgsz", type=int, help="input size, multiple of 32 (default: imgsz_cpu / imgsz_cuda of configs/default.yaml)")
     add("--batch", type=int, help="batch size per process")
     add("--workers", type=int)
     add("--threads", type=int, help="torch CPU threads per process (default: its share of the cores; 1 on a busy machine)")
@@ -149,7 +161,7 @@ def config_from_arguments(arguments: dict[str, Any]) -> TrainConfig:
     < flags, device and imgsz resolved, validated."""
     args = dict(arguments)
     user_yaml = args.pop("config")
-    values = read_yaml(DEFAULT_CONFIG)
+    values = default_values()
     if user_yaml is not None:
         override = read_yaml(user_yaml)
         unknown = sorted(set(override) - set(values))
@@ -162,10 +174,24 @@ def config_from_arguments(arguments: dict[str, Any]) -> TrainConfig:
     device = values.get("device")
     values["device"] = resolve_device("" if device is None else str(device), source)
     if values.get("imgsz") is None:
-        values["imgsz"] = 640 if values["device"].startswith("cuda") else 320
+        values["imgsz"] = values["imgsz_cuda"] if values["device"].startswith("cuda") else values["imgsz_cpu"]
     if values.get("threads") is None:
         values["threads"] = default_threads()
     return TrainConfig.from_dict(values, source)
+
+
+def default_values() -> dict[str, Any]:
+    """``configs/default.yaml`` as a mapping (a fresh copy; the file is read once per process).
+
+    The one source of the product's default numbers: training, validation (conf, IoU, max_det,
+    presence threshold, fitness weights) and prediction thresholds, and the default input size.
+    """
+    return dict(_default_values())
+
+
+@functools.lru_cache(maxsize=1)
+def _default_values() -> dict[str, Any]:
+    return read_yaml(DEFAULT_CONFIG)
 
 
 def default_threads() -> int:
@@ -258,9 +284,11 @@ def _validate(config: TrainConfig, source: str) -> None:
 
     if config.phase not in (1, 2):
         fail("phase", "must be 1 (frozen backbone) or 2 (all layers)")
-    if config.model not in MODELS:
-        fail("model", f"must be one of {', '.join(MODELS)}")
-    for key in ("epochs", "batch", "records_flush_every"):
+    from smartcash.model.build import MODEL_NAMES
+
+    if config.model not in MODEL_NAMES:
+        fail("model", f"must be one of {', '.join(MODEL_NAMES)}")
+    for key in ("epochs", "batch", "records_flush_every", "max_det"):
         if getattr(config, key) < 1:
             fail(key, "must be >= 1")
     if config.nominal_batch is not None and config.nominal_batch < 1:
@@ -270,8 +298,18 @@ def _validate(config: TrainConfig, source: str) -> None:
             fail(key, "must be >= 0")
     if config.threads is not None and config.threads < 1:
         fail("threads", "must be >= 1")
-    if config.imgsz is None or config.imgsz < 32 or config.imgsz % 32:
-        fail("imgsz", "must be a multiple of 32 (the largest stride), >= 32")
+    for key in ("imgsz", "imgsz_cpu", "imgsz_cuda"):
+        if getattr(config, key) is None or getattr(config, key) < 32 or getattr(config, key) % 32:
+            fail(key, "must be a multiple of 32 (the largest stride), >= 32")
+    for key in ("val_conf", "predict_conf", "presence_threshold"):
+        if not 0 <= getattr(config, key) < 1:
+            fail(key, "must be in [0, 1)")
+    for key in ("val_iou", "predict_iou"):
+        if not 0 < getattr(config, key) <= 1:
+            fail(key, "must be in (0, 1]")
+    for key in ("fitness_map50", "fitness_map50_95"):
+        if not getattr(config, key) >= 0:
+            fail(key, "must be >= 0")
     for key in ("clip_grad_norm", "ema_tau"):
         if not getattr(config, key) > 0:
             fail(key, "must be > 0")

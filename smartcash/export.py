@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m smartcash.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="checkpoint (.pt) written by smartcash.train")
     parser.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
-    parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's, else 320)")
+    parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's, else imgsz_cpu "
+                        "of configs/default.yaml)")
     parser.add_argument("--output", help="output file (default: the weights path with .onnx)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=True,

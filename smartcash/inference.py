@@ -24,7 +24,6 @@ from smartcash.taxonomy import Taxonomy
 logger = logging.getLogger(__name__)
 
 #: Input size when neither the command line nor the checkpoint's config gives one.
-DEFAULT_IMGSZ = 320
 
 
 def load_model(weights: str | os.PathLike[str]) -> tuple[Any, Taxonomy, dict[str, Any]]:
@@ -57,8 +56,16 @@ def load_model(weights: str | os.PathLike[str]) -> tuple[Any, Taxonomy, dict[str
 
 
 def checkpoint_imgsz(checkpoint: dict[str, Any], requested: int | None = None) -> int:
-    """The input size to use: ``requested``, else the one the checkpoint trained at, else 320."""
-    return int(requested or (checkpoint.get("config") or {}).get("imgsz") or DEFAULT_IMGSZ)
+    """The input size to use: ``requested``, else the one the checkpoint trained at, else
+    ``imgsz_cpu`` of ``configs/default.yaml``."""
+    if requested:
+        return int(requested)
+    saved = (checkpoint.get("config") or {}).get("imgsz")
+    if saved:
+        return int(saved)
+    from smartcash.config import default_values
+
+    return int(default_values()["imgsz_cpu"])
 
 
 @dataclass(frozen=True)
@@ -106,10 +113,13 @@ class Predictor:
             denomination and the features, so every reported detection takes part.
         iou_threshold: NMS IoU.
         max_det: detections kept per image.
+        (None: ``predict_conf``, ``predict_iou``, ``max_det`` of ``configs/default.yaml``.)
     """
 
     def __init__(self, model: nn.Module, taxonomy: Taxonomy, imgsz: int, device: torch.device | str = "cpu",
-                 conf_threshold: float = 0.25, iou_threshold: float = 0.45, max_det: int = 300) -> None:
+                 conf_threshold: float | None = None, iou_threshold: float | None = None,
+                 max_det: int | None = None) -> None:
+        from smartcash.config import default_values
         from smartcash.data.dataset import stride_aligned
         from smartcash.model.training.core.classification_extractor import ClassificationExtractor
         from smartcash.model.training.core.prediction_processor import PredictionProcessor
@@ -123,6 +133,10 @@ class Predictor:
         self.imgsz = stride_aligned(imgsz)
         if self.imgsz != imgsz:
             logger.warning("imgsz %d is not a multiple of 32: using %d", imgsz, self.imgsz)
+        defaults = default_values()
+        conf_threshold = defaults["predict_conf"] if conf_threshold is None else conf_threshold
+        iou_threshold = defaults["predict_iou"] if iou_threshold is None else iou_threshold
+        max_det = defaults["max_det"] if max_det is None else max_det
         # One class per box (YOLOv5 detect.py): a deployed predictor reports each object once.
         self.processor = PredictionProcessor(taxonomy.num_classes, taxonomy.fine_to_main, conf_threshold,
                                              iou_threshold, max_det, multi_label=False)

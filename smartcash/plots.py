@@ -152,11 +152,12 @@ def plot_labels(labels: Sequence[np.ndarray], taxonomy: Taxonomy, path: str | Pa
 
 def validation_figures(result: Any, taxonomy: Taxonomy) -> dict[str, Any]:
     """The standard validation figures of a ``ValidationResult``, by file stem."""
+    metrics = result.metrics
     return {
-        "PR_curve": pr_curve_figure(result.fine, taxonomy.names, "Precision-recall (fine classes)"),
-        "PR_curve_main": pr_curve_figure(result.main, taxonomy.main_names, "Precision-recall (main classes)"),
-        "confusion_matrix": confusion_matrix_figure(result.classification.confusion_matrix,
-                                                    result.classification.class_names),
+        "PR_curve": pr_curve_figure(metrics.fine, taxonomy.names, "Precision-recall (fine classes)"),
+        "PR_curve_main": pr_curve_figure(metrics.main, taxonomy.main_names, "Precision-recall (main classes)"),
+        "confusion_matrix": confusion_matrix_figure(metrics.classification.confusion_matrix,
+                                                    metrics.classification.class_names),
     }
 
 

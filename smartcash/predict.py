@@ -48,16 +48,20 @@ class ArgumentsError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from smartcash.config import default_values
+
+    defaults = default_values()  # configs/default.yaml
     parser = argparse.ArgumentParser(prog="python -m smartcash.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="checkpoint (.pt) written by smartcash.train")
     parser.add_argument("--source", required=True, help="an image file or a folder (searched recursively)")
     parser.add_argument("--save-dir", help="output folder (default PROJECT/predict/NAME, numbered if it exists)")
     parser.add_argument("--project", default="runs", help="runs root (default runs)")
     parser.add_argument("--name", default="exp", help="PROJECT/predict/NAME (exp, exp2 ... when taken)")
-    parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's, else 320)")
-    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
-    parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=300, help="detections kept per image")
+    parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's, else imgsz_cpu "
+                        "of configs/default.yaml)")
+    parser.add_argument("--conf", type=float, default=defaults["predict_conf"], help="confidence threshold")
+    parser.add_argument("--iou", type=float, default=defaults["predict_iou"], help="NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=defaults["max_det"], help="detections kept per image")
     parser.add_argument("--device", default="", help="cpu | cuda | cuda:N | N (default: cuda if available)")
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
     return parser

@@ -40,6 +40,8 @@ class Taxonomy:
     main_names: tuple[str, ...]
     layer_names: tuple[tuple[int, str], ...]
     is_smartcash: bool = True  # False for a dataset trained with its own names (identity map)
+    denomination_layers: tuple[int, ...] = ()  # layers whose classes name a denomination
+    authentication_layer: int | None = None  # the layer of the authentication features, if any
 
     @property
     def num_classes(self) -> int:
@@ -80,6 +82,8 @@ class Taxonomy:
             ],
             "main_classes": list(self.main_names),
             "layers": {str(k): v for k, v in self.layer_names},
+            "denomination_layers": list(self.denomination_layers),
+            "authentication_layer": self.authentication_layer,
             "is_smartcash": self.is_smartcash,
         }
 
@@ -92,7 +96,7 @@ class Taxonomy:
         """A taxonomy for a dataset with its own class names: every class is its own main class."""
         fine = tuple(FineClass(id=i, name=str(n), layer=1, main_id=i) for i, n in enumerate(names))
         return cls(fine_classes=fine, main_names=tuple(str(n) for n in names),
-                   layer_names=((1, "object"),), is_smartcash=False)
+                   layer_names=((1, "object"),), is_smartcash=False, denomination_layers=(1,))
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,19 @@ def _parse_taxonomy(data: dict[str, Any], source: str, is_smartcash: bool = True
         if not 0 <= item.main_id < len(main_names):
             raise TaxonomyError(f"{where}: main_id {item.main_id} outside 0..{len(main_names) - 1}")
         fine.append(item)
-    taxonomy = Taxonomy(tuple(fine), main_names, tuple(sorted(layers.items())), is_smartcash)
+    if "denomination_layers" in data:
+        denomination = tuple(int(layer) for layer in data["denomination_layers"])
+        authentication = None if data.get("authentication_layer") is None else int(data["authentication_layer"])
+    elif is_smartcash:  # a checkpoint written before the roles were stored: loss.json's
+        default = load_taxonomy()
+        denomination, authentication = default.denomination_layers, default.authentication_layer
+    else:
+        denomination, authentication = tuple(sorted(layers)), None
+    for layer in (*denomination, *(() if authentication is None else (authentication,))):
+        if layer not in layers:
+            raise TaxonomyError(f"{source}: role layer {layer} not in layers {sorted(layers)}")
+    taxonomy = Taxonomy(tuple(fine), main_names, tuple(sorted(layers.items())), is_smartcash,
+                        denomination, authentication)
     seen: dict[str, str] = {}
     for c in taxonomy.fine_classes:
         for key in (c.name, *c.aliases):

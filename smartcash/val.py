@@ -26,21 +26,25 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from smartcash.config import default_values
+
+    defaults = default_values()  # configs/default.yaml: the trainer's validator uses the same numbers
     parser = argparse.ArgumentParser(prog="python -m smartcash.val", description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="checkpoint (.pt) written by smartcash.train")
     parser.add_argument("--data", help="dataset yaml (default: the checkpoint's dataset, else the synthetic set)")
     parser.add_argument("--split", default="val", choices=("val", "test"))
-    parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's, else 320)")
+    parser.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's, else imgsz_cpu "
+                        "of configs/default.yaml)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None, help="loader processes (default min(2, cpus))")
     parser.add_argument("--device", default="", help="cpu | cuda | cuda:N | N (default: cuda if available)")
     parser.add_argument("--mode", default="coco", choices=("coco", "yolo"), help="mAP semantics")
-    parser.add_argument("--conf", type=float, default=0.001, help="confidence threshold")
-    parser.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold")
+    parser.add_argument("--conf", type=float, default=defaults["val_conf"], help="confidence threshold")
+    parser.add_argument("--iou", type=float, default=defaults["val_iou"], help="NMS IoU threshold")
     parser.add_argument("--precise-bn", type=int, default=0, metavar="N",
                         help="first re-estimate BatchNorm statistics on N training images of --data (seeded); "
                         "training already does this before each validation, so 0 (default) for its checkpoints")
-    parser.add_argument("--progress-interval", type=int, default=10, help="batches between progress reports")
+    parser.add_argument("--progress-interval", type=int, default=10, help="batches between refreshes of the bar's loss")
     parser.add_argument("--json", help="write the full result to this JSON file")
     parser.add_argument("--project", default="runs", help="runs root for weights outside a run dir")
     parser.add_argument("--name", default="exp", help="PROJECT/val/NAME when the weights are outside a run dir")
@@ -140,7 +144,7 @@ def _precise_bn(model: Any, dataset: Any, imgsz: int, args: argparse.Namespace, 
 class Evaluation:
     """What ``evaluate_checkpoint`` measured, with what it needs to report it."""
 
-    result: Any  # ValidationResult: .fine / .main MapResult, .classification, losses, fitness
+    result: Any  # ValidationResult: .metrics (.fine / .main MapResult, .classification, losses), .fitness
     taxonomy: Any
     data: Path
     imgsz: int
@@ -157,13 +161,13 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Evaluation:
     import torch
 
     from smartcash.cli import UsageError
-    from smartcash.config import ConfigError, resolve_device
+    from smartcash.config import ConfigError, default_values, resolve_device
     from smartcash.data.dataset_config import load_dataset_config
     from smartcash.data.errors import DatasetError
     from smartcash.data.loader import build_dataloader
     from smartcash.inference import checkpoint_imgsz, load_model
     from smartcash.model.training.checkpoint import CheckpointError
-    from smartcash.model.training.core.validation_executor import ValidationExecutor
+    from smartcash.model.training.core.validation_executor import ValidationExecutor, ValidationSettings
 
     _check_arguments(args)
     try:
@@ -184,8 +188,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Evaluation:
             _precise_bn(model, dataset, imgsz, args, checkpoint, device)
         except DatasetError as error:
             raise UsageError(f"--precise-bn needs the training split: {error}") from error
-    executor = ValidationExecutor(taxonomy, mode=args.mode, conf_threshold=args.conf, iou_threshold=args.iou,
-                                  progress_interval=args.progress_interval)
+    settings = ValidationSettings.from_values({**default_values(), "val_conf": args.conf, "val_iou": args.iou})
+    executor = ValidationExecutor(taxonomy, settings=settings, mode=args.mode, progress_interval=args.progress_interval)
     return Evaluation(executor.run(model, loader, device), taxonomy, data, imgsz)
 
 
@@ -215,8 +219,9 @@ def validate(**flags: Any) -> Any:
     ``precise_bn=128`` ...), with the same defaults; plots and ``json=`` are written as the CLI does.
 
     Returns:
-        ValidationResult: ``.fine`` and ``.main`` (``MapResult``: map50, map50_95, per-class AP ...),
-        ``.classification`` (denomination accuracy, confusion matrix), losses, ``.fitness``.
+        ValidationResult: ``.metrics.fine`` and ``.metrics.main`` (``MapResult``: map50, map50_95,
+        per-class AP ...), ``.metrics.classification`` (denomination accuracy, confusion matrix),
+        losses, ``.fitness``.
 
     Raises:
         TypeError: an unknown keyword. UsageError (ValueError): bad flags, weights or dataset.
@@ -245,12 +250,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: validation stopped, nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
     result, taxonomy = evaluation.result, evaluation.taxonomy
-    print(f"\n{evaluation.data} [{args.split}]: {result.num_images} images, imgsz {evaluation.imgsz}, mode "
+    metrics = result.metrics
+    print(f"\n{evaluation.data} [{args.split}]: {metrics.num_images} images, imgsz {evaluation.imgsz}, mode "
           f"{result.mode}, {result.images_per_second:.1f} images/s")
-    print("\nFine classes\n" + class_table(result.fine, taxonomy.names, result.images_per_class, result.num_images))
-    print("\nMain classes\n" + class_table(result.main, taxonomy.main_names, result.images_per_main_class,
-                                            result.num_images))
-    denomination = result.classification.denomination
+    print("\nFine classes\n" + class_table(metrics.fine, taxonomy.names, metrics.images_per_class, metrics.num_images))
+    print("\nMain classes\n" + class_table(metrics.main, taxonomy.main_names, metrics.images_per_main_class,
+                                            metrics.num_images))
+    denomination = metrics.classification.denomination
     print(f"\nDenomination (per image): accuracy {denomination.accuracy:.3f}, precision {denomination.precision:.3f}, "
           f"recall {denomination.recall:.3f}, F1 {denomination.f1:.3f}; fitness {result.fitness:.4f}")
     try:

@@ -95,10 +95,10 @@ def test_train_returns_the_result_and_validate_reproduces_it(trained, tmp_path) 
     measured = validate(weights=result.best_weights, data=data, device="cpu", workers=0, batch=3,
                         json=tmp_path / "val.json", no_plots=True)
     # The best.pt weights and BatchNorm statistics are those the training validated.
-    assert measured.fine.map50 == pytest.approx(float(row["metrics/mAP50"]), rel=1e-4, abs=1e-6)
-    assert measured.main.map50_95 == pytest.approx(float(row["metrics/main_mAP50-95"]), rel=1e-4, abs=1e-6)
+    assert measured.metrics.fine.map50 == pytest.approx(float(row["metrics/mAP50"]), rel=1e-4, abs=1e-6)
+    assert measured.metrics.main.map50_95 == pytest.approx(float(row["metrics/main_mAP50-95"]), rel=1e-4, abs=1e-6)
     assert json.loads((tmp_path / "val.json").read_text())["metrics"]["metrics/mAP50"] == \
-        pytest.approx(measured.fine.map50)
+        pytest.approx(measured.metrics.fine.map50)
 
 
 def test_predict_and_export(trained, tmp_path) -> None:

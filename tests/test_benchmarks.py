@@ -22,7 +22,7 @@ def test_loop_baseline_gives_the_extractors_answers():
     from smartcash.model.training.core.classification_extractor import ClassificationExtractor
     from smartcash.taxonomy import load_taxonomy
 
-    extractor = ClassificationExtractor(load_taxonomy())
+    extractor = ClassificationExtractor(load_taxonomy(), presence_threshold=0.25)
     loop = bench_extractor.LoopExtractor(extractor)
     batches = [bench_extractor.make_batch(seed, size, 17, "cpu") for seed, size in enumerate((1, 5, 33))]
     bench_extractor.check_same_answers(extractor, loop, batches)

@@ -92,3 +92,28 @@ def test_train_main_returns_2_on_bad_config(capsys) -> None:
 
     assert main(["--imgsz", "33", "--device", "cpu"]) == 2
     assert "imgsz=33" in capsys.readouterr().err
+
+
+def test_validation_and_prediction_numbers_come_from_default_yaml(tmp_path) -> None:
+    from smartcash import predict, val
+    from smartcash.model.training.core.validation_executor import ValidationSettings
+
+    defaults = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    override = tmp_path / "override.yaml"
+    override.write_text("val_conf: 0.01\nmax_det: 100\npresence_threshold: 0.5\nfitness_map50: 0.5\n")
+    config = build_config(["--device", "cpu", "--config", str(override)])
+    settings = ValidationSettings.from_values(config.to_dict())  # what the trainer's validator gets
+    assert settings == ValidationSettings(0.01, defaults["val_iou"], 100, 0.5, (0.5, defaults["fitness_map50_95"]))
+    assert ValidationSettings.defaults().conf_threshold == defaults["val_conf"]
+    val_args = val.build_parser().parse_args(["--weights", "w.pt"])
+    assert (val_args.conf, val_args.iou) == (defaults["val_conf"], defaults["val_iou"])
+    predict_args = predict.build_parser().parse_args(["--weights", "w.pt", "--source", "x"])
+    assert (predict_args.conf, predict_args.iou, predict_args.max_det) == (
+        defaults["predict_conf"], defaults["predict_iou"], defaults["max_det"])
+    with pytest.raises(ConfigError, match="val_iou"):
+        build_config(["--device", "cpu", "--config", str(_write(tmp_path / "bad.yaml", "val_iou: 0\n"))])
+
+
+def _write(path, text: str):
+    path.write_text(text)
+    return path

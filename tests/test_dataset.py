@@ -180,3 +180,10 @@ def test_loader_workers_reproducible(vnd):
     one, two = first_batch(), first_batch()
     assert one.paths == two.paths and torch.equal(one.images, two.images)
     assert torch.equal(one.targets, two.targets)
+
+
+def test_loader_workers_persist_unless_asked_to_respawn(vnd):
+    # Training asks for respawned workers: each epoch's workers are seeded from that epoch's seed.
+    assert build_dataloader(vnd, "train", 160, batch_size=4, workers=1).persistent_workers
+    assert not build_dataloader(vnd, "train", 160, batch_size=4, workers=1, persistent_workers=False).persistent_workers
+    assert not build_dataloader(vnd, "train", 160, batch_size=4, workers=0).persistent_workers

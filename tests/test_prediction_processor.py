@@ -1,10 +1,11 @@
-"""PredictionProcessor against hand-computed boxes and a per-image torchvision NMS reference."""
+"""PredictionProcessor against hand-computed boxes and a plain-Python greedy NMS written from the
+definition (per image, per class; no torch, no torchvision)."""
 
 import logging
 
+import numpy as np
 import pytest
 import torch
-from torchvision.ops import nms
 
 from smartcash.model.head import decode_predictions
 from smartcash.model.training.core.prediction_processor import PredictionProcessor
@@ -22,7 +23,7 @@ def _decoded(rows: list[list[float]], num_classes: int = 4) -> torch.Tensor:
 
 
 def test_letterbox_is_undone_exactly_and_boxes_are_clipped() -> None:
-    processor = PredictionProcessor(4, FINE_TO_MAIN, conf_threshold=0.1)
+    processor = PredictionProcessor(4, FINE_TO_MAIN, conf_threshold=0.1, iou_threshold=0.6, max_det=300)
     # Input 64x64 holds a 200x100 (w x h) source at scale 0.25 with pad_y 19.5: input = source * 0.25 + pad.
     letterbox = torch.tensor([[0.25, 0.0, 19.5]])
     original_shapes = torch.tensor([[100, 200]])
@@ -50,7 +51,7 @@ STRIDES = torch.tensor([8.0, 16.0, 32.0])
 
 
 def test_grid_cache_is_keyed_by_shape_and_dtype_and_cleared_by_set_phase(caplog) -> None:
-    processor = PredictionProcessor(4, FINE_TO_MAIN)
+    processor = PredictionProcessor(4, FINE_TO_MAIN, conf_threshold=0.001, iou_threshold=0.6, max_det=300)
     processor.decode(_raw(2, 64), ANCHORS, STRIDES)
     assert len(processor.grid_cache) == 3  # one grid per scale
     processor.decode(_raw(1, 64), ANCHORS, STRIDES)  # batch size is not part of the key
@@ -68,7 +69,7 @@ def test_grid_cache_is_keyed_by_shape_and_dtype_and_cleared_by_set_phase(caplog)
 def test_anchor_grids_are_cached_so_set_phase_is_what_decodes_new_anchors() -> None:
     # Phase 2 may start from a checkpoint with other anchors (autoanchor re-fitted them): until the
     # phase switch clears the cache, decoding still multiplies by the old anchors.
-    processor = PredictionProcessor(4, FINE_TO_MAIN)
+    processor = PredictionProcessor(4, FINE_TO_MAIN, conf_threshold=0.001, iou_threshold=0.6, max_det=300)
     raw, refitted = _raw(1, 64), ANCHORS * 1.5
     before = processor.decode(raw, ANCHORS, STRIDES)
     stale = processor.decode(raw, refitted, STRIDES)
@@ -82,40 +83,61 @@ def test_anchor_grids_are_cached_so_set_phase_is_what_decodes_new_anchors() -> N
 
 
 def test_call_equals_decode_then_postprocess() -> None:
-    processor = PredictionProcessor(4, FINE_TO_MAIN, conf_threshold=0.05)
+    processor = PredictionProcessor(4, FINE_TO_MAIN, conf_threshold=0.05, iou_threshold=0.6, max_det=300)
     raw = _raw(2, 64)
     direct = processor(raw, ANCHORS, STRIDES)
     reference = processor.postprocess(decode_predictions(raw, ANCHORS, STRIDES))
     torch.testing.assert_close(direct.boxes, reference.boxes)
 
 
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> np.float32:
+    """IoU of two xyxy boxes in float32, as torchvision's CPU kernel rounds it."""
+    f = np.float32
+    inter = f(max(0.0, min(a[2], b[2]) - max(a[0], b[0]))) * f(max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+    area_a, area_b = f(a[2] - a[0]) * f(a[3] - a[1]), f(b[2] - b[0]) * f(b[3] - b[1])
+    return f(inter / (area_a + area_b - inter))
+
+
 def _reference(decoded: torch.Tensor, conf: float, iou: float, max_det: int, multi_label: bool,
-               max_candidates: int) -> list[torch.Tensor]:
-    """YOLOv5-style per-image, per-class NMS with torchvision's plain ``nms`` (the loop lives here only)."""
+               max_candidates: int) -> list[np.ndarray]:
+    """From the definition, in plain Python: candidates are (anchor, class) pairs with objectness and
+    objectness * class probability above ``conf`` (only the best class per anchor unless
+    ``multi_label``); the ``max_candidates`` highest enter greedy NMS, one class at a time; the
+    ``max_det`` highest survivors remain. Rows [x1, y1, x2, y2, score, class], highest score first."""
     results = []
-    for image in decoded:
-        image = image[image[:, 4] > conf]
-        scores_all = image[:, 5:] * image[:, 4:5]
-        xy, wh = image[:, :2], image[:, 2:4]
-        boxes_all = torch.cat((xy - wh / 2, xy + wh / 2), dim=1)
-        if multi_label:
-            row, cls = (scores_all > conf).nonzero(as_tuple=True)
-            scores = scores_all[row, cls]
-        else:
-            scores, cls = scores_all.max(dim=1)
-            row = (scores > conf).nonzero(as_tuple=True)[0]
-            scores, cls = scores[row], cls[row]
-        boxes = boxes_all[row]
-        order = scores.argsort(descending=True)[:max_candidates]
-        boxes, scores, cls = boxes[order], scores[order], cls[order]
-        kept = []
-        for value in cls.unique():
-            index = (cls == value).nonzero(as_tuple=True)[0]
-            kept.append(index[nms(boxes[index], scores[index], iou)])
-        kept = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
-        kept = kept[scores[kept].argsort(descending=True)][:max_det]
-        results.append(torch.cat((boxes[kept], scores[kept, None], cls[kept, None].float()), dim=1))
+    for image in decoded.numpy():  # float32: scores are the same roundings as the processor's
+        candidates = []
+        for cx, cy, w, h, objectness, *probabilities in image:
+            if not objectness > conf:
+                continue
+            box = (float(cx - w / 2), float(cy - h / 2), float(cx + w / 2), float(cy + h / 2))
+            scores = [np.float32(objectness * p) for p in probabilities]
+            classes = range(len(scores)) if multi_label else [int(np.argmax(scores))]
+            candidates += [(float(scores[c]), c, box) for c in classes if scores[c] > conf]
+        candidates = sorted(candidates, key=lambda item: -item[0])[:max_candidates]
+        kept: list[tuple[float, int, tuple[float, ...]]] = []
+        for score, cls, box in candidates:
+            if all(other_cls != cls or _iou(box, other_box) <= iou for _, other_cls, other_box in kept):
+                kept.append((score, cls, box))
+        results.append(np.array([[*box, score, cls] for score, cls, box in kept[:max_det]],
+                                dtype=np.float32).reshape(-1, 6))
     return results
+
+
+def test_nms_hand_computed_case() -> None:
+    """Two boxes of one class overlapping at IoU 2/3 (> 0.45): the weaker one goes; the same box
+    as another class stays; a box at IoU 1/3 (< 0.45) stays."""
+    processor = PredictionProcessor(4, FINE_TO_MAIN, conf_threshold=0.1, iou_threshold=0.45, max_det=300,
+                                    multi_label=False)
+    decoded = _decoded([[20.0, 20.0, 20.0, 10.0, 0.9, 0, 1.0],  # (10, 15, 30, 25), score 0.9
+                        [24.0, 20.0, 20.0, 10.0, 0.8, 0, 1.0],  # shifted 4: inter 16x10, IoU 160 / 240 = 2/3
+                        [24.0, 20.0, 20.0, 10.0, 0.7, 3, 1.0],  # the same box, another class
+                        [30.0, 20.0, 20.0, 10.0, 0.6, 0, 1.0]])  # shifted 10: IoU 100 / 300 = 1/3
+    rows = processor.postprocess(decoded).per_image()[0]
+    expected = torch.tensor([[10.0, 15.0, 30.0, 25.0, 0.9, 0.0],
+                             [14.0, 15.0, 34.0, 25.0, 0.7, 3.0],
+                             [20.0, 15.0, 40.0, 25.0, 0.6, 0.0]])
+    torch.testing.assert_close(rows, expected)
 
 
 @pytest.mark.parametrize(("num_anchors", "multi_label", "max_candidates"),
@@ -133,11 +155,11 @@ def test_batched_nms_equals_per_image_reference(num_anchors: int, multi_label: b
     reference = _reference(decoded, 0.05, 0.45, 50, multi_label, max_candidates)
     assert detections.counts.tolist() == [len(rows) for rows in reference]
     for mine, theirs in zip(detections.per_image(), reference):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+        torch.testing.assert_close(mine, torch.from_numpy(theirs), rtol=0, atol=0)
 
 
 def test_empty_batch_gives_empty_detections() -> None:
-    processor = PredictionProcessor(4, FINE_TO_MAIN, conf_threshold=0.5)
+    processor = PredictionProcessor(4, FINE_TO_MAIN, conf_threshold=0.5, iou_threshold=0.6, max_det=300)
     decoded = torch.zeros(3, 10, 9)
     detections = processor.postprocess(decoded, torch.tensor([[1.0, 0, 0]] * 3), torch.tensor([[64, 64]] * 3))
     assert detections.boxes.shape == (0, 6)

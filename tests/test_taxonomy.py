@@ -94,3 +94,14 @@ def test_invalid_json_names_file_and_line(tmp_path):
     path.write_text('{\n  "taxonomy": ,\n}')
     with pytest.raises(TaxonomyError, match=r"loss.json:2: invalid JSON"):
         load_taxonomy(path)
+
+
+def test_layer_roles_come_from_loss_json_and_survive_old_checkpoints():
+    taxonomy = load_taxonomy()
+    assert taxonomy.denomination_layers == (1, 2) and taxonomy.authentication_layer == 3  # SPEC table
+    old = taxonomy.to_dict()
+    del old["denomination_layers"], old["authentication_layer"]  # a checkpoint from before the roles
+    assert Taxonomy.from_dict(old) == taxonomy
+    foreign = Taxonomy.identity(["cat", "dog"])
+    assert Taxonomy.from_dict(foreign.to_dict()) == foreign
+    assert foreign.denomination_layers == (1,) and foreign.authentication_layer is None

@@ -159,7 +159,8 @@ def test_phase_switch_decodes_with_the_anchors_phase_2_starts_from() -> None:
     config = build_config(["--device", "cpu", "--epochs", "2"])
     recipe = load_recipe("scratch")
     model = build_model("yolov5n", 17).eval()
-    processor = PredictionProcessor(17, load_taxonomy().fine_to_main)
+    processor = PredictionProcessor(17, load_taxonomy().fine_to_main, conf_threshold=0.001, iou_threshold=0.6,
+                                    max_det=300)
     enter_phase(1, model, config, recipe.phase(1), batches_per_epoch=4, prediction_processor=processor)
     with torch.no_grad():
         _, raw = model(torch.rand(1, 3, 64, 64))

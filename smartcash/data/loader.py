@@ -29,7 +29,8 @@ def _seed_worker(worker_id: int) -> None:
 def build_dataloader(config: DatasetConfig, split: str, imgsz: int, batch_size: int,
                      workers: int | None = None, augment: bool = False, shuffle: bool = False,
                      seed: int = 0, distributed: bool = False,
-                     hyp: AugmentConfig | dict[str, Any] | None = None) -> DataLoader:
+                     hyp: AugmentConfig | dict[str, Any] | None = None,
+                     persistent_workers: bool = True) -> DataLoader:
     """A DataLoader yielding ``Batch`` for one split.
 
     Args:
@@ -44,6 +45,8 @@ def build_dataloader(config: DatasetConfig, split: str, imgsz: int, batch_size: 
         seed: seeds the shuffle order and the augmentation streams.
         distributed: shard the data over the processes of the initialised process group.
         hyp: augmentation strengths.
+        persistent_workers: keep the worker processes between epochs (when ``workers > 0``); False
+            starts them again each epoch, seeded from that epoch's seed (what training wants).
     """
     dataset = YoloDataset(config, split, imgsz, augment=augment, hyp=hyp, seed=seed)
     workers = default_loader_workers() if workers is None else workers
@@ -59,5 +62,5 @@ def build_dataloader(config: DatasetConfig, split: str, imgsz: int, batch_size: 
     sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=workers, collate_fn=collate_batch,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=persistent_workers and workers > 0,
                       worker_init_fn=_seed_worker, generator=generator, drop_last=False)

@@ -121,7 +121,7 @@ def image_stratum(boxes: np.ndarray, class_index: Sequence[int], taxonomy: Taxon
     classes = [class_index[int(c)] for c in boxes[:, 0]]
     if not taxonomy.is_smartcash:
         return f"class:{taxonomy.names[classes[int(np.argmax(areas))]]}"
-    candidates = [i for i, c in enumerate(classes) if taxonomy.layers[c] in (1, 2)]
+    candidates = [i for i, c in enumerate(classes) if taxonomy.layers[c] in taxonomy.denomination_layers]
     if not candidates:
         return FEATURES_ONLY
     largest = max(candidates, key=lambda i: (areas[i], -i))

@@ -53,7 +53,7 @@ def test_ddp_validation_equals_single_process(tmp_path, good_data) -> None:
     finally:
         torch.set_num_threads(threads)
 
-    assert single.num_images == len(dataset.images("val")) == 4
+    assert single.metrics.num_images == len(dataset.images("val")) == 4
     expected = single.metrics_row()
     assert {key: recorded[key] for key in expected} == expected
     assert recorded["fitness"] == float(single.fitness)

@@ -11,7 +11,11 @@ Every checkpoint loads with ``torch.load(weights_only=True)``: it is data, never
 - ``metrics`` (dict: the last results.csv row)
 - ``rng`` (dict: ``torch`` uint8 tensor, ``cuda`` list of uint8 tensors, ``numpy`` dict of plain
   values, ``python`` list)
-- ``config`` (``TrainConfig.to_dict()``), ``taxonomy`` (``Taxonomy.to_dict()``)
+- ``config`` (``TrainConfig.to_dict()``), ``taxonomy`` (``Taxonomy.to_dict()``), ``recipe``
+  (``RecipeChoice.to_dict()``), ``results`` (list of every results.csv row so far)
+
+``checkpoint_state`` makes that dict from a run's pieces; ``resume_from`` puts it back;
+``find_start_point`` says which checkpoint a run starts from.
 """
 
 from __future__ import annotations
@@ -21,13 +25,22 @@ import io
 import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from smartcash.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from smartcash.config import TrainConfig
+    from smartcash.model.training.optim import ModelEMA
+    from smartcash.model.training.phases import PhaseSetup
+    from smartcash.model.training.recipe import RecipeChoice
+    from smartcash.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +112,71 @@ def restore_rng_state(state: dict[str, Any]) -> None:
                          numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where the weights come from: nothing (phase 1), phase 1's best (phase 2) or ``last.pt``."""
+
+    state: dict[str, Any] | None
+    path: Path | None
+    resume: bool
+
+
+def find_start_point(config: TrainConfig) -> StartPoint:
+    """``last.pt`` on ``--resume``; phase 1's best for phase 2; else nothing."""
+    if config.resume:
+        path = config.run_dir / "weights" / "last.pt"
+        hint = "nothing to resume: start without --resume"
+        return StartPoint(load_checkpoint(path, what="checkpoint to resume", hint=hint), path, True)
+    if config.phase == 2:
+        path = Path(config.weights) if config.weights else config.phase_dir(1) / "weights" / "best.pt"
+        hint = (f"run `python -m smartcash.train --phase 1 --name {config.name}` first, "
+                "or pass --weights")
+        return StartPoint(load_checkpoint(path, what="phase 1 best checkpoint", hint=hint), path, False)
+    return StartPoint(None, None, False)
+
+
+def checkpoint_state(*, config: TrainConfig, taxonomy: Taxonomy, recipe: RecipeChoice, model: nn.Module,
+                     ema: ModelEMA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                     phase_setup: PhaseSetup, epoch: int, batches_per_epoch: int, last_row: dict[str, float],
+                     results: list[dict[str, float]], interrupted: bool) -> dict[str, Any]:
+    """Everything needed to resume, as plain data (see the module docstring for the keys).
+
+    Args:
+        model: the unwrapped model (not the DDP wrapper).
+        epoch: the last completed epoch (-1 if none).
+        results: every results.csv row so far, flushed or still buffered: a resume after kill -9
+            restores the rows that never reached the file.
+    """
+    tracker = phase_setup.early_stopping
+    return {
+        "phase": config.phase, "epoch": epoch, "interrupted": interrupted,
+        "model_name": config.model, "num_classes": taxonomy.num_classes,
+        "anchors": model.detect.anchors.detach().cpu().clone(),
+        "model": model.state_dict(), "ema": ema.state_dict(), "ema_updates": ema.updates,
+        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "scheduler": phase_setup.schedule.state_dict(),
+        "iteration": (epoch + 1) * batches_per_epoch,
+        "best_fitness": tracker.best, "early_stopping": tracker.state_dict(),
+        "metrics": dict(last_row), "rng": rng_state(),
+        "results": [dict(row) for row in results],
+        "config": config.to_dict(), "taxonomy": taxonomy.to_dict(), "recipe": recipe.to_dict(),
+    }
+
+
+@dataclass(frozen=True)
+class ResumedProgress:
+    epoch: int  # the last completed epoch: training continues at epoch + 1
+    last_row: dict[str, float]  # its results.csv row (empty when the checkpoint has none)
+
+
+def resume_from(state: dict[str, Any], *, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                ema: ModelEMA, phase_setup: PhaseSetup) -> ResumedProgress:
+    """Restore optimiser, scaler, EMA, tracking and RNG from ``last.pt`` (the model is already loaded)."""
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    ema.load_state_dict(state["ema"], int(state["ema_updates"]))
+    phase_setup.early_stopping.load_state_dict(state["early_stopping"])
+    restore_rng_state(state["rng"])
+    return ResumedProgress(int(state["epoch"]), dict(state.get("metrics") or {}))

@@ -21,9 +21,10 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -32,19 +33,28 @@ from torch import Tensor, nn
 from smartcash.config import TrainConfig, save_config
 from smartcash.model.loss import LossOutput, YoloLoss
 from smartcash.model.summary import count_gflops, model_summary
-from smartcash.model.training import run_lock, run_setup
-from smartcash.model.training.checkpoint import (checkpoint_bytes, restore_rng_state,
-                                                 rng_state, save_checkpoint)
+from smartcash.model.training import run_lock
+from smartcash.model.training.checkpoint import (checkpoint_bytes, checkpoint_state, find_start_point, resume_from,
+                                                 save_checkpoint)
 from smartcash.model.training.optim import ModelEMA, group_lrs
-from smartcash.model.training.core.validation_executor import ValidationExecutor
+from smartcash.model.training.core.validation_executor import (ValidationExecutor, ValidationResult,
+                                                                ValidationSettings)
 from smartcash.model.training.phases import enter_phase
 from smartcash.model.training.recipe import choose_recipe, resumed_recipe
 from smartcash.model.training.records import ResultsWriter
 from smartcash.model.training.reports import RunReports
+from smartcash.model.training.run_data import build_data, build_precise_bn
+from smartcash.model.training.run_folder import prepare_run_dir
+from smartcash.model.training.run_outputs import register_run, validate_checkpoint, write_final_plots
+from smartcash.model.training.starting_model import build_detector, estimate_random_backbone_statistics
 from smartcash.model.training.trackers import FAILED, FINISHED, KILLED, RunInfo, build_trackers
 from smartcash.taxonomy import load_loss_config
 
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
 logger = logging.getLogger(__name__)
+Item = TypeVar("Item")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,10 +91,10 @@ class TrainResult:
     best_value: float
     epochs_completed: int
     stopped_early: bool
-    metrics: dict[str, Any] = field(default_factory=dict)  # the best epoch's results.csv row
+    metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's results.csv row
 
 
-def optimization_step(model: nn.Module, images: Tensor, targets: Tensor, loss_fn: Any,
+def optimization_step(model: nn.Module, images: Tensor, targets: Tensor, loss_fn: YoloLoss,
                       optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ema: ModelEMA,
                       *, update: bool, clip_grad_norm: float, amp: bool, where: tuple[int, int]) -> LossOutput:
     """Forward, loss, backward; when ``update``: unscale, clip, step, zero, EMA.
@@ -127,7 +137,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _fitness_value(metric: str, row: dict[str, Any]) -> float:
+def _fitness_value(metric: str, row: dict[str, float]) -> float:
     if metric not in row:
         raise KeyError(f"early_stop_metric {metric!r} is not a results column ({', '.join(row)})")
     return float(row[metric])
@@ -155,10 +165,12 @@ class Trainer:
             torch.set_num_threads(config.threads)  # leave cores to the loader workers (config.py)
         self.start_epoch = 0
         self.epoch = -1  # last completed epoch
-        self.best_row: dict[str, Any] = {}
-        self.last_row: dict[str, Any] = {}
-        self.best_result: Any = None
-        self.folder_lock: Any = None  # rank 0: the run folder's lock file (run_lock.py)
+        self.best_row: dict[str, float] = {}
+        self.last_row: dict[str, float] = {}
+        self.best_result: ValidationResult | None = None
+        self.folder_lock: IO[str] | None = None  # rank 0: the run folder's lock file (run_lock.py)
+        self.train_loader: DataLoader  # before_train, from here on
+        self.val_loader: DataLoader | None
         self.reports = RunReports.off()  # rank 0: pictures and trackers (before_train)
 
     # ------------------------------------------------------------------ the loop
@@ -202,11 +214,11 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its kernels
         if dist.is_main:  # fail fast when another run trains in this folder (locked for real below)
             run_lock.ensure_free(self.run_dir)
-        start = run_setup.find_start_point(config)  # first: a missing checkpoint fails fast
-        data = run_setup.build_data(config, dist.world_size, dist.is_main)
+        start = find_start_point(config)  # first: a missing checkpoint fails fast
+        data = build_data(config, dist.world_size, dist.is_main)
         self.taxonomy, self.train_loader, self.val_loader = data.taxonomy, data.train_loader, data.val_loader
         seed_everything(config.seed)  # identical initial weights on every rank and every run
-        starting = run_setup.build_detector(config, self.taxonomy, start, self.train_loader.dataset, self.device)
+        starting = build_detector(config, self.taxonomy, start, self.train_loader.dataset, self.device)
         model = starting.model
         previous = start.state.get("recipe") if start.state is not None else None
         if start.resume and previous:  # exactly the recipe the interrupted run used
@@ -217,24 +229,27 @@ class Trainer:
         logger.info("recipe %s (%s): %s", self.recipe.recipe.name, self.recipe.reason,
                     ", ".join(f"{key} {value}" for key, value in phase_recipe.to_dict().items()))
         if (start.state is None and phase_recipe.freeze_backbone and not starting.pretrained_backbone):
-            run_setup.estimate_random_backbone_statistics(model, self.train_loader.dataset, config, self.device)
+            estimate_random_backbone_statistics(model, self.train_loader.dataset, config, self.device)
         if dist.is_main:
             summary = model_summary(model)  # GFLOPs at 640, as YOLOv5 reports them
             at_imgsz = "" if config.imgsz == 640 else f", {count_gflops(model, config.imgsz):.1f} at {config.imgsz}"
             logger.info("%s%s", summary, at_imgsz)
         self.loss_fn = YoloLoss(model, load_loss_config(),
                                 phase_recipe.effective_loss_gains(config.imgsz, self.taxonomy.num_classes))
-        self.validator = ValidationExecutor(self.taxonomy, show_progress=dist.is_main)
+        self.validator = ValidationExecutor(self.taxonomy, settings=ValidationSettings.from_values(config.to_dict()),
+                                            show_progress=dist.is_main)
         self.phase_setup = enter_phase(config.phase, model, config, phase_recipe, len(self.train_loader),
                                        dist.world_size, self.validator)
         self.close_mosaic = phase_recipe.close_mosaic if config.close_mosaic is None else config.close_mosaic
         self.optimizer = self.phase_setup.optimizer
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.ema = ModelEMA(model, config.ema_decay, config.ema_tau)
-        self.precise_bn = (run_setup.build_precise_bn(config, self.device, self.train_loader.dataset.report)
+        self.precise_bn = (build_precise_bn(config, self.train_loader.dataset.report)
                            if dist.is_main else None)
         if start.resume:
-            self.resume_from(start.state)
+            resumed = resume_from(start.state, optimizer=self.optimizer, scaler=self.scaler, ema=self.ema,
+                                  phase_setup=self.phase_setup)
+            self.epoch, self.start_epoch, self.last_row = resumed.epoch, resumed.epoch + 1, resumed.last_row
             logger.info("resuming %s from epoch %d", start.path, self.start_epoch)
         self.model = model
         if dist.world_size > 1:
@@ -244,7 +259,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if dist.is_main:
             self.folder_lock = run_lock.acquire(self.run_dir)  # this run owns the folder from here to the end
-            run_setup.prepare_run_dir(config)
+            prepare_run_dir(config)
             resolved = {"recipe_used": self.recipe.to_dict()}
             save_config(config, self.run_dir / "args.yaml", resolved)
             self.records = ResultsWriter(self.run_dir / "results.csv", config.records_flush_every,
@@ -315,8 +330,7 @@ class Trainer:
                    "fitness": float(result.fitness), "lr/backbone": lrs.get("backbone", 0.0),
                    "lr/head": lrs.get("head", 0.0), "epoch_time_s": seconds}
             tracker = self.phase_setup.early_stopping
-            partial = bool(getattr(result, "partial", False))
-            improved = not partial and tracker.update(epoch, _fitness_value(tracker.metric, row))
+            improved = tracker.update(epoch, _fitness_value(tracker.metric, row))
             if improved:
                 self.best_row, self.best_result = row, result
             self.epoch, self.last_row = epoch, row
@@ -351,63 +365,35 @@ class Trainer:
         if self.config.plots:
             best = self.best_result
             if best is None and result.best_weights.is_file():  # resumed after the best epoch
-                best = run_setup.validate_checkpoint(result.best_weights, self.ema.module, self.validator,
+                best = validate_checkpoint(result.best_weights, self.ema.module, self.validator,
                                                      self.val_loader, self.device)
-            for path in run_setup.write_final_plots(self.run_dir, best, self.taxonomy):
+            for path in write_final_plots(self.run_dir, best, self.taxonomy):
                 logger.info("plot: %s", path)
         if result.best_weights.is_file():
-            run_setup.register_run(self.config, result.best_weights, self.best_row or self.last_row,
+            register_run(self.config, result.best_weights, self.best_row or self.last_row,
                                    self.epoch + 1)
         self.reports.run_ended(FINISHED)
         return result
 
     # ------------------------------------------------------------------ pieces
-    def validate(self) -> Any:
+    def validate(self) -> ValidationResult:
         """Evaluate the EMA weights on the full val loader (rank 0)."""
         return self.validator.run(self.ema.module, self.val_loader, self.device,
                                   keep_sample=self.reports.wants_validation_sample)
 
-    def checkpoint_state(self, interrupted: bool) -> dict[str, Any]:
-        """Everything needed to resume, as plain data (see ``checkpoint`` for the keys)."""
-        model = _unwrap(self.model)
-        tracker = self.phase_setup.early_stopping
-        return {
-            "phase": self.config.phase, "epoch": self.epoch, "interrupted": interrupted,
-            "model_name": self.config.model, "num_classes": self.taxonomy.num_classes,
-            "anchors": model.detect.anchors.detach().cpu().clone(),
-            "model": model.state_dict(), "ema": self.ema.state_dict(), "ema_updates": self.ema.updates,
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "scheduler": self.phase_setup.schedule.state_dict(),
-            "iteration": (self.epoch + 1) * len(self.train_loader),
-            "best_fitness": tracker.best, "early_stopping": tracker.state_dict(),
-            "metrics": dict(self.last_row), "rng": rng_state(),
-            # Every results.csv row so far, flushed or still buffered: a resume after kill -9
-            # restores the rows that never reached the file.
-            "results": [dict(row) for row in self.records.rows],
-            "config": self.config.to_dict(), "taxonomy": self.taxonomy.to_dict(),
-            "recipe": self.recipe.to_dict(),
-        }
-
     def _save_checkpoints(self, improved: bool, interrupted: bool) -> None:
         """``last.pt`` always, ``best.pt`` on improvement: one serialisation, two atomic writes."""
-        data = checkpoint_bytes(self.checkpoint_state(interrupted))
+        state = checkpoint_state(
+            config=self.config, taxonomy=self.taxonomy, recipe=self.recipe, model=_unwrap(self.model), ema=self.ema,
+            optimizer=self.optimizer, scaler=self.scaler, phase_setup=self.phase_setup, epoch=self.epoch,
+            batches_per_epoch=len(self.train_loader), last_row=self.last_row, results=self.records.rows,
+            interrupted=interrupted)
+        data = checkpoint_bytes(state)
         save_checkpoint(self.weights_dir / "last.pt", data)
         if improved:
             save_checkpoint(self.weights_dir / "best.pt", data)
 
-    def resume_from(self, state: dict[str, Any]) -> None:
-        """Restore optimiser, scaler, EMA, tracking and RNG from ``last.pt`` (model already loaded)."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.ema.load_state_dict(state["ema"], int(state["ema_updates"]))
-        self.phase_setup.early_stopping.load_state_dict(state["early_stopping"])
-        restore_rng_state(state["rng"])
-        self.epoch = int(state["epoch"])
-        self.start_epoch = self.epoch + 1
-        if state.get("metrics"):
-            self.last_row = dict(state["metrics"])
-
-    def _progress(self, iterable: Any, description: str) -> Any:
+    def _progress(self, iterable: Iterable[Item], description: str) -> Iterable[Item]:
         if not self.dist.is_main:
             return iterable
         from tqdm import tqdm

@@ -31,11 +31,6 @@ from torch import Tensor
 
 from smartcash.taxonomy import Taxonomy
 
-#: SPEC "Class taxonomy": layers 1 (whole note) and 2 (nominal area) name a denomination,
-#: layer 3 holds the authentication features.
-DENOMINATION_LAYERS = (1, 2)
-AUTHENTICATION_LAYER = 3
-
 
 @dataclass(frozen=True)
 class ClassificationMetrics:
@@ -120,17 +115,20 @@ class ClassificationExtractor:
         presence_threshold: minimum detection score that counts as "seen".
     """
 
-    def __init__(self, taxonomy: Taxonomy, presence_threshold: float = 0.25) -> None:
+    def __init__(self, taxonomy: Taxonomy, presence_threshold: float) -> None:
         self.taxonomy = taxonomy
         self.presence_threshold = presence_threshold
+        self.authentication_layer = taxonomy.authentication_layer
         layers, fine_to_main = taxonomy.layers, taxonomy.fine_to_main
-        denomination_fine = [i for i, layer in enumerate(layers) if layer in DENOMINATION_LAYERS]
+        # loss.json: layers 1 (whole note) and 2 (nominal area) name a denomination, 3 holds the features.
+        denomination_layers, authentication_layer = taxonomy.denomination_layers, taxonomy.authentication_layer
+        denomination_fine = [i for i, layer in enumerate(layers) if layer in denomination_layers]
         self.denomination_ids = tuple(sorted({fine_to_main[i] for i in denomination_fine}))  # main ids
-        self.feature_ids = taxonomy.ids_in_layer(AUTHENTICATION_LAYER)  # fine ids
+        self.feature_ids = () if authentication_layer is None else taxonomy.ids_in_layer(authentication_layer)  # fine ids
         self.num_denominations, self.num_features = len(self.denomination_ids), len(self.feature_ids)
         # Groups answered separately: layers 1+2 together (the headline), then each layer alone.
-        self.groups: tuple[tuple[int, ...], ...] = (DENOMINATION_LAYERS, *(
-            (layer,) for layer in DENOMINATION_LAYERS if any(item == layer for item in layers)))
+        self.groups: tuple[tuple[int, ...], ...] = (denomination_layers, *(
+            (layer,) for layer in denomination_layers if any(item == layer for item in layers)))
         none = self.num_denominations
         position = {main_id: index for index, main_id in enumerate(self.denomination_ids)}
         self._fine_to_denomination = torch.tensor(
@@ -226,7 +224,7 @@ class ClassificationExtractor:
         if features:
             occurring = [metrics for metrics, counts in zip(features.values(), feature_counts) if counts[:3].sum()]
             chosen = occurring or list(features.values())
-            layers[AUTHENTICATION_LAYER] = ClassificationMetrics(
+            layers[self.authentication_layer] = ClassificationMetrics(
                 accuracy=float(np.mean([m.accuracy for m in features.values()])),
                 precision=float(np.mean([m.precision for m in chosen])),
                 recall=float(np.mean([m.recall for m in chosen])), f1=float(np.mean([m.f1 for m in chosen])),

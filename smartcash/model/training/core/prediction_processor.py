@@ -88,16 +88,16 @@ class PredictionProcessor:
     Args:
         num_classes: detector classes (17 for the SmartCash taxonomy).
         fine_to_main: main class of each fine class (``Taxonomy.fine_to_main``).
-        conf_threshold: minimum ``objectness * class probability`` of a candidate (0.001 for
-            mAP, as YOLOv5 val; a deployed predictor uses ~0.25).
+        conf_threshold: minimum ``objectness * class probability`` of a candidate (validation
+            uses a low one for mAP, prediction a higher one: ``configs/default.yaml``).
         iou_threshold: NMS IoU above which the lower-scored box of the same class is dropped.
         max_det: detections kept per image, the highest-scored.
         multi_label: one candidate per (anchor, class) above the threshold, else per anchor.
         max_candidates: per-image cap on the candidates entering NMS (YOLOv5's ``max_nms``).
     """
 
-    def __init__(self, num_classes: int, fine_to_main: Sequence[int], conf_threshold: float = 0.001,
-                 iou_threshold: float = 0.6, max_det: int = 300, multi_label: bool = True,
+    def __init__(self, num_classes: int, fine_to_main: Sequence[int], conf_threshold: float,
+                 iou_threshold: float, max_det: int, multi_label: bool = True,
                  max_candidates: int = 30000) -> None:
         if len(fine_to_main) != num_classes:
             raise ValueError(f"fine_to_main has {len(fine_to_main)} entries for {num_classes} classes")

@@ -1,0 +1,62 @@
+"""What a training run reads: the train loader (sharded under DDP), on rank 0 the val loader, and
+the fixed training sample of precise BatchNorm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from smartcash.config import TrainConfig
+from smartcash.taxonomy import Taxonomy
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from smartcash.data.checks import SplitReport
+    from smartcash.model.training.precise_bn import PreciseBatchNorm
+
+
+@dataclass(frozen=True)
+class RunData:
+    taxonomy: Taxonomy
+    train_loader: DataLoader  # of Batch, over a YoloDataset
+    val_loader: DataLoader | None  # rank 0 only: the full val split
+
+
+def build_data(config: TrainConfig, world_size: int, is_main: bool) -> RunData:
+    """Train loader (sharded under DDP) and, on rank 0, the full val loader.
+
+    The train loader's workers are not persistent: persistent workers carry their augmentation RNG
+    over from the previous epoch, which a resumed run cannot reproduce; respawned each epoch they
+    are seeded from that epoch's seed.
+    """
+    from smartcash.data.checks import no_boxes_reason
+    from smartcash.data.dataset_config import load_dataset_config
+    from smartcash.data.errors import DatasetError
+    from smartcash.data.loader import build_dataloader
+
+    dataset = load_dataset_config(config.data)
+    train = build_dataloader(dataset, "train", config.imgsz, config.batch, config.workers,
+                             augment=config.augment, shuffle=True, seed=config.seed,
+                             distributed=world_size > 1, persistent_workers=False)
+    empty = no_boxes_reason(dataset, train.dataset.report)  # all backgrounds: nothing to learn
+    if empty:
+        raise DatasetError(f"{dataset.path}: {empty}")
+    val = None
+    if is_main:
+        val = build_dataloader(dataset, "val", config.imgsz, config.batch, config.workers,
+                               augment=False, shuffle=False, seed=config.seed, distributed=False)
+    return RunData(dataset.taxonomy, train, val)
+
+
+def build_precise_bn(config: TrainConfig, report: SplitReport | None = None) -> PreciseBatchNorm:
+    """The precise-BatchNorm hook over a fixed sample of the (non-augmented) training split.
+
+    ``report``: the training dataset's scan, reused so that its skipped-images warning is given once.
+    """
+    from smartcash.data.dataset import YoloDataset
+    from smartcash.data.dataset_config import load_dataset_config
+    from smartcash.model.training.precise_bn import PreciseBatchNorm
+
+    dataset = YoloDataset(load_dataset_config(config.data), "train", config.imgsz, augment=False, report=report)
+    return PreciseBatchNorm(dataset, config.precise_bn_images, config.seed, config.batch)
