@@ -183,7 +183,35 @@ def test_loader_workers_reproducible(vnd):
 
 
 def test_loader_workers_persist_unless_asked_to_respawn(vnd):
-    # Training asks for respawned workers: each epoch's workers are seeded from that epoch's seed.
     assert build_dataloader(vnd, "train", 160, batch_size=4, workers=1).persistent_workers
     assert not build_dataloader(vnd, "train", 160, batch_size=4, workers=1, persistent_workers=False).persistent_workers
     assert not build_dataloader(vnd, "train", 160, batch_size=4, workers=0).persistent_workers
+
+
+def _epoch(loader, epoch: int, mosaic: bool = True) -> list:
+    loader.sampler.set_epoch(epoch, mosaic)
+    return [(batch.paths, batch.images, batch.targets, batch.letterbox) for batch in loader]
+
+
+def _same(first: list, second: list) -> bool:
+    return len(first) == len(second) and all(
+        a[0] == b[0] and all(torch.equal(x, y) for x, y in zip(a[1:], b[1:])) for a, b in zip(first, second))
+
+
+def test_persistent_workers_replay_any_epoch_exactly(vnd):
+    # What a resumed run relies on: epoch 2 is the same whether the workers lived through epochs
+    # 0 and 1 (mosaic on) or start at epoch 2, in 2 processes or none; the closing-epoch mosaic
+    # switch reaches workers that started with mosaic on.
+    def loader(workers: int):
+        return build_dataloader(vnd, "train", 128, batch_size=4, workers=workers, augment=True, shuffle=True,
+                                seed=5, hyp={"mosaic": 1.0})
+
+    lived = loader(2)
+    first, second = _epoch(lived, 0), _epoch(lived, 1)
+    assert not _same(first, second)  # epochs differ (order and augmentation)
+    closing = _epoch(lived, 2, mosaic=False)
+    assert _same(closing, _epoch(loader(2), 2, mosaic=False))
+    assert _same(closing, _epoch(loader(0), 2, mosaic=False))
+    assert all((letterbox[:, 0] > 0).all() for *_, letterbox in closing)  # no mosaic (its letterbox is 0)
+    assert all((letterbox[:, 0] == 0).all() for *_, letterbox in second)  # mosaic=1.0: every sample a mosaic
+    assert _same(second, _epoch(loader(0), 1))

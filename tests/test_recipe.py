@@ -90,7 +90,7 @@ def test_default_run_from_scratch_trains_every_layer_and_closes_mosaic(tmp_path,
     original = Trainer.train_one_epoch
 
     def record(self, epoch):
-        mosaic_by_epoch[epoch] = self.train_loader.dataset.mosaic_enabled
+        mosaic_by_epoch[epoch] = self.train_loader.sampler.mosaic
         return original(self, epoch)
 
     monkeypatch.setattr(Trainer, "train_one_epoch", record)

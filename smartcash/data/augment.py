@@ -149,10 +149,17 @@ class Augmenter:
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        """Restart every random stream from ``seed`` (called per worker by the loader)."""
+        """Restart every random stream from ``seed`` (one stream for a run of samples)."""
         self.rng = np.random.default_rng(seed)
         self.single.set_random_seed(seed)
         self.mosaic.set_random_seed(seed + 1)
+        self._sample_seed: int | None = None
+
+    def begin_sample(self, seed: int) -> None:
+        """Seed one sample's draws from ``seed`` alone (``sampling.sample_seed``); only the pipeline
+        the sample uses is re-seeded, when it is used (each costs ~0.1 ms to re-seed)."""
+        self.rng = np.random.default_rng(seed)
+        self._sample_seed = seed
 
     def use_mosaic(self) -> bool:
         return bool(self.rng.random() < self.config.mosaic)
@@ -161,6 +168,8 @@ class Augmenter:
                  mosaic: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> (image (size, size, 3) uint8, boxes (n, 4) xyxy px, classes (n,))."""
         pipeline = self.mosaic if mosaic else self.single
+        if self._sample_seed is not None:
+            pipeline.set_random_seed(self._sample_seed + int(mosaic))
         boxes = boxes.reshape(-1, 4)
         # Boxes cut away by the mosaic tiling are flat after clipping; albumentations rejects them.
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)

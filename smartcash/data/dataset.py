@@ -22,6 +22,7 @@ from smartcash.data.checks import SplitReport, scan_split
 from smartcash.data.dataset_config import DatasetConfig
 from smartcash.data.errors import DatasetError
 from smartcash.data.images import read_image
+from smartcash.data.sampling import SampleKey, sample_seed
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,10 @@ class YoloDataset(Dataset):
                                        s.boxes[:, 1:]], axis=1) for s in report.samples]
         #: (N, 2) [height, width] of each source image.
         self.shapes = np.asarray([(s.height, s.width) for s in report.samples], dtype=np.int64)
+        self.seed = seed
         self.augmenter = Augmenter(self.imgsz, AugmentConfig.from_hyp(hyp), seed) if augment else None
-        #: False for a recipe's closing epochs: augment single images only (set before an epoch's
-        #: workers start; they get a copy of the dataset).
+        #: For plain integer indices: False augments single images only. Training indexes with
+        #: ``SampleKey`` instead, which carries the flag into persistent workers (sampling.py).
         self.mosaic_enabled = True
 
     def __len__(self) -> int:
@@ -150,9 +152,9 @@ class YoloDataset(Dataset):
         height, width = image.shape[:2]
         return image, _xywhn_to_xyxy(self.labels[index][:, 1:], width, height), original
 
-    def _augmented(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple, tuple]:
+    def _augmented(self, index: int, mosaic_enabled: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple, tuple]:
         assert self.augmenter is not None
-        if self.augmenter.use_mosaic() and self.mosaic_enabled:
+        if self.augmenter.use_mosaic() and mosaic_enabled:
             others = self.augmenter.rng.integers(0, len(self), size=3)
             indices = [index, *others.tolist()]
             tiles = [self._resized(i) for i in indices]
@@ -172,9 +174,18 @@ class YoloDataset(Dataset):
         scale = box.scale * width / original[1]
         return image, boxes, classes, original, (scale, box.pad_x, box.pad_y)
 
-    def __getitem__(self, index: int) -> DatasetItem:
+    def __getitem__(self, key: int | SampleKey) -> DatasetItem:
+        """``key``: an index (augmentation draws from the dataset's running stream), or a
+        ``SampleKey`` (augmentation seeded from (seed, epoch, index): the training loader's)."""
+        mosaic_enabled = self.mosaic_enabled
+        if isinstance(key, SampleKey):
+            index, mosaic_enabled = key.index, key.mosaic
+            if self.augmenter is not None:
+                self.augmenter.begin_sample(sample_seed(self.seed, key.epoch, key.index))
+        else:
+            index = key
         if self.augmenter is not None:
-            image, boxes, classes, original, box_info = self._augmented(index)
+            image, boxes, classes, original, box_info = self._augmented(index, mosaic_enabled)
         else:
             source = read_image(self.paths[index])
             image, box = letterbox(source, self.imgsz)

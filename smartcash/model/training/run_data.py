@@ -26,9 +26,8 @@ class RunData:
 def build_data(config: TrainConfig, world_size: int, is_main: bool) -> RunData:
     """Train loader (sharded under DDP) and, on rank 0, the full val loader.
 
-    The train loader's workers are not persistent: persistent workers carry their augmentation RNG
-    over from the previous epoch, which a resumed run cannot reproduce; respawned each epoch they
-    are seeded from that epoch's seed.
+    The train loader's workers persist across epochs: every sample is seeded from (seed, epoch,
+    index) (data/sampling.py), so a resumed run still replays its epochs exactly.
     """
     from smartcash.data.checks import no_boxes_reason
     from smartcash.data.dataset_config import load_dataset_config
@@ -38,7 +37,7 @@ def build_data(config: TrainConfig, world_size: int, is_main: bool) -> RunData:
     dataset = load_dataset_config(config.data)
     train = build_dataloader(dataset, "train", config.imgsz, config.batch, config.workers,
                              augment=config.augment, shuffle=True, seed=config.seed,
-                             distributed=world_size > 1, persistent_workers=False)
+                             distributed=world_size > 1)
     empty = no_boxes_reason(dataset, train.dataset.report)  # all backgrounds: nothing to learn
     if empty:
         raise DatasetError(f"{dataset.path}: {empty}")

@@ -274,23 +274,14 @@ class Trainer:
 
     def before_epoch(self, epoch: int) -> None:
         """Re-seed every RNG from (seed, epoch, rank); tell samplers the epoch."""
-        seed = epoch_seed(self.config.seed, epoch, self.dist.rank)
-        seed_everything(seed)
-        dataset = getattr(self.train_loader, "dataset", None)
-        if hasattr(dataset, "reseed"):  # augmentation in this process (workers=0); workers reseed themselves
-            dataset.reseed(seed)
-        generator = getattr(self.train_loader, "generator", None)
-        if generator is not None:
-            generator.manual_seed(seed)
-        sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        if hasattr(dataset, "mosaic_enabled"):
-            # The recipe's closing epochs train on whole images, the way the model is evaluated.
-            mosaic = epoch < self.config.epochs - self.close_mosaic
-            if dataset.mosaic_enabled and not mosaic and self.dist.is_main:
-                logger.info("epoch %d: mosaic off for the last %d epochs", epoch, self.config.epochs - epoch)
-            dataset.mosaic_enabled = mosaic
+        seed_everything(epoch_seed(self.config.seed, epoch, self.dist.rank))
+        # The recipe's closing epochs train on whole images, the way the model is evaluated.
+        mosaic = epoch < self.config.epochs - self.close_mosaic
+        first_closing = max(self.config.epochs - self.close_mosaic, 0)
+        if not mosaic and epoch in (first_closing, self.start_epoch) and self.dist.is_main:
+            logger.info("epoch %d: mosaic off for the last %d epochs", epoch, self.config.epochs - epoch)
+        # Order and augmentation of every sample follow from (seed, epoch, index) (data/sampling.py).
+        self.train_loader.sampler.set_epoch(epoch, mosaic)
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Train over the loader; returns the mean weighted box/obj/cls losses of the epoch."""

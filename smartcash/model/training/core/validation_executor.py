@@ -152,11 +152,13 @@ class ValidationExecutor:
         multi_label: see ``PredictionProcessor``.
         progress_interval: batches between refreshes of the bar's running loss (a device sync).
         show_progress: draw the tqdm bar (on stderr).
+        fuse: evaluate a copy with each BatchNorm folded into its convolution (``smartcash.model.fuse``):
+            the same boxes and scores within 1e-4, one pass less over every activation map.
     """
 
     def __init__(self, taxonomy: Taxonomy | None = None, loss_config: LossConfig | None = None,
                  settings: ValidationSettings | None = None, mode: str = "coco", multi_label: bool = True,
-                 progress_interval: int = 10, show_progress: bool = True) -> None:
+                 progress_interval: int = 10, show_progress: bool = True, fuse: bool = True) -> None:
         if mode not in ("coco", "yolo"):
             raise ValueError(f"mode must be 'coco' or 'yolo', got {mode!r}")
         if progress_interval < 1:
@@ -171,6 +173,7 @@ class ValidationExecutor:
         self.extractor = ClassificationExtractor(self.taxonomy, self.settings.presence_threshold)
         self.progress_interval = progress_interval
         self.show_progress = show_progress
+        self.fuse = fuse
 
     def set_phase(self, phase: int) -> None:
         """The training phase changed: forget the processor's cached grids."""
@@ -182,7 +185,8 @@ class ValidationExecutor:
         """Validate ``model`` on every batch of ``loader``.
 
         Args:
-            model: the detector (an EMA copy is fine); put in eval mode here, its mode restored after.
+            model: the detector (an EMA copy is fine); never changed (evaluated through a fused copy,
+                or put in eval mode here and its mode restored after).
             loader: yields ``Batch`` objects.
             device: where to run; the model's parameters' device when None.
             loss: the validation loss; a ``YoloLoss(model, loss_config)`` when None and compute_loss.
@@ -192,6 +196,10 @@ class ValidationExecutor:
         model_classes = getattr(model, "num_classes", self.taxonomy.num_classes)
         if model_classes != self.taxonomy.num_classes:
             raise ValueError(f"model predicts {model_classes} classes, the taxonomy has {self.taxonomy.num_classes}")
+        if self.fuse:
+            from smartcash.model.fuse import fused_copy
+
+            model = fused_copy(model)
         if loss is None and compute_loss:
             from smartcash.model.loss import YoloLoss
 
