@@ -8,16 +8,17 @@ alone on batches already in memory, and against ultralytics' training loader on 
 Rows (images/s over one pass of the train split, median of --repeats passes after a warm-up pass):
 - ``smartcash loader``: ``build_dataloader(augment=True, shuffle=True)`` iterated, each Batch
   moved to the device and nothing else: read + decode + mosaic/affine/colour/blur + letterbox +
-  collate (float [0, 1]). ``persistent`` keeps its workers between passes (build_dataloader's
-  default); ``respawned`` starts them every pass, as the Trainer does (so that every epoch's
-  augmentation is seeded from that epoch alone): the start-up is then in every epoch.
+  collate (float [0, 1]). ``persistent`` keeps its workers between passes, as the Trainer does
+  (every sample is seeded from (seed, epoch, index), so workers need no restart for a resume to
+  replay an epoch); ``respawned`` starts them every pass, as the Trainer did before: the start-up
+  is then in every epoch.
 - ``ultralytics loader``: its ``build_yolo_dataset(mode='train')`` + ``build_dataloader`` with its
   default augmentation (mosaic, random perspective, HSV, flips), persistent workers; it hands
   over uint8 images (its trainer converts them on the device).
 - ``training step``: ``trainer.optimization_step`` (forward, loss, backward, and every
   nominal_batch/batch steps: clip, AdamW step, EMA) plus the LR schedule, over pre-loaded
   batches: the rate the model can consume data at. Phase 1 (backbone frozen) and phase 2.
-- ``loader + step``: the two together as in a training epoch (loader with 2 respawned workers,
+- ``loader + step``: the two together as in a training epoch (loader with 2 persistent workers,
   phase 1 step): on a small CPU machine the workers and the step compete for the same cores.
 """
 
@@ -124,11 +125,11 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
     def one_pass(loader: Any) -> Any:
         return lambda: loader_pass(loader, device)
 
-    respawned = smartcash_loader(2, persistent_workers=False)  # as the Trainer builds it
+    persistent = smartcash_loader(2)  # as the Trainer builds it
     functions = {
         "smartcash loader, workers=0": one_pass(smartcash_loader(0)),
-        "smartcash loader, workers=2, respawned (as the Trainer)": one_pass(respawned),
-        "smartcash loader, workers=2, persistent": one_pass(smartcash_loader(2)),
+        "smartcash loader, workers=2, persistent (as the Trainer)": one_pass(persistent),
+        "smartcash loader, workers=2, respawned": one_pass(smartcash_loader(2, persistent_workers=False)),
     }
     if not args.quick:
         functions["smartcash loader, no augmentation, workers=0"] = one_pass(smartcash_loader(0, augment=False))
@@ -144,16 +145,16 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
     step_functions = {
         "training step, phase 1 (backbone frozen), in memory": lambda: steps[1].run(in_memory),
         "training step, phase 2 (all layers), in memory": lambda: steps[2].run(in_memory),
-        "loader (workers=2, respawned) + phase 1 step": lambda: steps[1].run(respawned),
+        "loader (workers=2, persistent) + phase 1 step": lambda: steps[1].run(persistent),
     }
     timed = {**loaders, **time_interleaved(step_functions, repeats=repeats)}
-    reference = timed["smartcash loader, workers=2, respawned (as the Trainer)"][0].median_s
+    reference = timed["smartcash loader, workers=2, persistent (as the Trainer)"][0].median_s
     tools = {}
     for name, (timing, images) in timed.items():
         tools[name] = {"median_s": timing.median_s, "min_s": timing.min_s, "runs_s": timing.runs_s,
                        "images": images, "images_per_s": images / timing.median_s,
                        "ratio_to_smartcash": timing.median_s / reference}
-    loader_rate = tools["smartcash loader, workers=2, respawned (as the Trainer)"]["images_per_s"]
+    loader_rate = tools["smartcash loader, workers=2, persistent (as the Trainer)"]["images_per_s"]
     step_rate = tools["training step, phase 1 (backbone frozen), in memory"]["images_per_s"]
     return {"device": device, "images_per_pass": num_images, "tools": tools,
             "loader_over_step_phase1": loader_rate / step_rate,
