@@ -120,6 +120,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def add_layout_arguments(parser: argparse.ArgumentParser, images_help: str) -> None:
+    """The importers' shared flags: --images, --out, --split and how images are transferred
+    (--copy, the default, --link or --symlink into ``mode``)."""
+    parser.add_argument("--images", type=Path, required=True, help=images_help)
+    parser.add_argument("--out", type=Path, required=True, help="new output folder")
+    parser.add_argument("--split", default="train", help="split folder to write (default train)")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--copy", dest="mode", action="store_const", const="copy", help="copy images (default)")
+    how.add_argument("--link", dest="mode", action="store_const", const="hardlink", help="hard-link images")
+    how.add_argument("--symlink", dest="mode", action="store_const", const="symlink", help="symlink images")
+
+
 def write_into_folder(job: Callable[[], Result], out: str | os.PathLike[str]) -> tuple[Result | None, int]:
     """Run ``job``, which writes a dataset under ``out`` (an importer, split), with the CLI contract:
     ``(its result, 0)``, or ``(None, exit code)`` after one line on stderr (2 bad input, 130 Ctrl-C,

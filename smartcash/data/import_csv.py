@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from smartcash.cli import write_into_folder
+from smartcash.cli import add_layout_arguments, write_into_folder
 from smartcash.data.errors import DatasetError
 from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
                                         check_output_folder, declared_size_problem, flat_name,
@@ -184,14 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns 0 on success (bad rows are reported, not fatal), 2 on an error."""
     parser = argparse.ArgumentParser(description="Import CSV box annotations into a YOLO dataset.")
     parser.add_argument("--csv", type=Path, required=True, help=f"CSV with the header {','.join(COLUMNS)}")
-    parser.add_argument("--images", type=Path, required=True, help="folder holding the CSV's images")
-    parser.add_argument("--out", type=Path, required=True, help="new output folder")
     parser.add_argument("--names", nargs="+", help="class names in class-id order (default: collected)")
-    parser.add_argument("--split", default="train", help="split folder to write (default train)")
-    how = parser.add_mutually_exclusive_group()
-    how.add_argument("--copy", dest="mode", action="store_const", const="copy", help="copy images (default)")
-    how.add_argument("--link", dest="mode", action="store_const", const="hardlink", help="hard-link images")
-    how.add_argument("--symlink", dest="mode", action="store_const", const="symlink", help="symlink images")
+    add_layout_arguments(parser, "folder holding the CSV's images")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     summary, code = write_into_folder(
