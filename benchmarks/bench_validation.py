@@ -14,8 +14,9 @@ What each row times (wall clock, median of --repeats runs after one warm-up):
 - ``..., in memory`` rows: the same, over batches loaded once beforehand (already on the device),
   so data loading drops out and the model + post-processing cost is isolated; the breakdown rows
   add NMS, then the metrics, then the loss.
-- ``forward only, Conv+BN fused``: what fusing BatchNorm into the convolutions (ultralytics' val
-  does it) would save; SmartCash's validator runs the unfused model.
+- ``forward only, Conv+BN fused``: the forward passes of the folded copy that SmartCash's validator
+  evaluates (``smartcash.model.fuse``, as ultralytics' val fuses); the other ``forward only`` rows
+  time the model as trained (unfused), so executor / forward includes what fusing saves.
 - ``ultralytics val loop``: its validator from ``on_val_start`` to ``on_val_end`` (loop + metrics;
   on CPU it loads data in the main process: it forces workers=0); ``ultralytics val() call``: the
   whole call including its dataloader, model fuse and warm-up. Run with SmartCash's torch thread
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     for record in records:
         print_table(record)
     weights = "trained checkpoints" if args.smartcash_weights or args.ultralytics_weights else "random init (seeded)"
-    print(f"weights: {weights}; SmartCash {MODEL} (anchor-based, unfused) vs ultralytics yolov5nu (anchor-free, fused); "
+    print(f"weights: {weights}; SmartCash {MODEL} (anchor-based, evaluated fused) vs ultralytics yolov5nu (anchor-free, fused); "
           f"ratio = time / SmartCash executor over the loader")
     info = machine_info(records[0]["device"])
     print(f"machine: {info}")
