@@ -12,12 +12,11 @@ import pytest
 import torch
 
 from smartcash.config import ConfigError, read_yaml
-from smartcash.data.synthetic import ensure_synthetic_dataset
 from smartcash.model.training.optim import WarmupCosineSchedule
 from smartcash.model.training.recipe import (MAX_WARMUP_BIAS_FACTOR, RECIPE_DIR, choose_recipe, load_recipe,
                                              recipe_from_dict)
 from smartcash.model.training.trainer import Trainer
-from smartcash.train import main
+from tiny_training import tiny_dataset, train_tiny
 
 
 def test_auto_follows_the_starting_point() -> None:
@@ -75,14 +74,11 @@ def test_accumulation_ramps_during_warmup() -> None:
 
 @pytest.fixture(scope="module")
 def data_yaml(tmp_path_factory) -> str:
-    return str(ensure_synthetic_dataset(root=tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=4, imgsz=64))
+    return tiny_dataset(tmp_path_factory.mktemp("synthetic"))
 
 
 def _train(tmp_path: Path, data_yaml: str, *flags: str) -> int:
-    tiny = tmp_path / "tiny.yaml"
-    tiny.write_text("plots: false\nwarmup_epochs: 0.5\nprecise_bn_images: 4\n")
-    return main(["--data", data_yaml, "--imgsz", "64", "--batch", "4", "--workers", "0", "--device", "cpu",
-                 "--project", str(tmp_path / "runs"), "--config", str(tiny), *flags])
+    return train_tiny(tmp_path, data_yaml, *flags, precise_bn_images=4)
 
 
 def test_default_run_from_scratch_trains_every_layer_and_closes_mosaic(tmp_path, data_yaml, monkeypatch) -> None:

@@ -14,27 +14,22 @@ import pytest
 import yaml
 
 from smartcash.config import ConfigError, build_config
-from smartcash.data.synthetic import ensure_synthetic_dataset
 from smartcash.model.training.background import BackgroundJobs
 from smartcash.model.training.records import _format, read_results
 from smartcash.model.training.trackers import FINISHED, RunInfo, Tracker, TrackerGroup
 from smartcash.model.training.trackers.mlflow_tracker import flatten
-from smartcash.train import main
+from tiny_training import tiny_dataset, train_tiny
 
 TRACKER_LOGGER = "smartcash.model.training.trackers.base"
 
 
 @pytest.fixture(scope="module")
 def data_yaml(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("synthetic")
-    return str(ensure_synthetic_dataset(root=root, num_train=8, num_val=4, imgsz=64))
+    return tiny_dataset(tmp_path_factory.mktemp("synthetic"))
 
 
 def _train(tmp_path: Path, data_yaml: str, *flags: str, plots: bool = True) -> int:
-    tiny = tmp_path / "tiny.yaml"
-    tiny.write_text(f"plots: {str(plots).lower()}\nwarmup_epochs: 0.5\nprecise_bn_images: 8\n")
-    return main(["--data", data_yaml, "--imgsz", "64", "--batch", "2", "--workers", "0", "--device", "cpu",
-                 "--project", str(tmp_path / "runs"), "--config", str(tiny), *flags])
+    return train_tiny(tmp_path, data_yaml, *flags, batch=2, plots=plots, precise_bn_images=8)
 
 
 class Recorder(Tracker):

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from smartcash.config import build_config, read_yaml
-from smartcash.data.synthetic import ensure_synthetic_dataset
 from smartcash.model.build import build_model
 from smartcash.model.head import decode_predictions
 from smartcash.model.loss import LossOutput, YoloLoss
@@ -30,7 +29,7 @@ from smartcash.model.training.records import read_results
 from smartcash.model.training.registry import ModelRegistry
 from smartcash.model.training.trainer import Trainer, optimization_step
 from smartcash.taxonomy import load_loss_config, load_taxonomy
-from smartcash.train import main
+from tiny_training import tiny_dataset, train_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_KEYS = {"version", "date", "phase", "epoch", "interrupted", "model_name", "num_classes", "anchors",
@@ -44,15 +43,11 @@ REQUIRED_COLUMNS = {"epoch", "phase", "train/box_loss", "train/obj_loss", "train
 
 @pytest.fixture(scope="module")
 def data_yaml(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("synthetic")
-    return str(ensure_synthetic_dataset(root=root, num_train=8, num_val=4, imgsz=64))
+    return tiny_dataset(tmp_path_factory.mktemp("synthetic"))
 
 
 def _train(tmp_path: Path, data_yaml: str, *flags: str, plots: bool = False) -> int:
-    tiny = tmp_path / "tiny.yaml"
-    tiny.write_text(f"plots: {str(plots).lower()}\nwarmup_epochs: 0.5\n")
-    return main(["--data", data_yaml, "--imgsz", "64", "--batch", "4", "--workers", "0", "--device", "cpu",
-                 "--project", str(tmp_path / "runs"), "--config", str(tiny), *flags])
+    return train_tiny(tmp_path, data_yaml, *flags, plots=plots)
 
 
 def _load(path: Path) -> dict:
