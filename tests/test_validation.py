@@ -6,6 +6,7 @@ ultralytics' DetectionValidator matching + DetMetrics, and the training loss.
 
 import copy
 import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -244,3 +245,29 @@ def test_val_cli_precise_bn_re_estimates_statistics_first(model, data_yaml, tmp_
     assert saved["metrics/mAP50-95"] == pytest.approx(expected.metrics.fine.map50_95)
     plain = _validate(model, data_yaml)
     assert saved["metrics/mAP50-95"] != pytest.approx(plain.metrics.fine.map50_95)  # the statistics did change
+
+
+def test_progress_callback_reports_every_interval_and_the_last_batch(model, data_yaml) -> None:
+    calls = []
+    result = _executor(progress_interval=2).run(model, _loader(data_yaml), "cpu",
+                                                progress_callback=lambda *args: calls.append(args))
+    assert [(done, total) for done, total, _ in calls] == [(2, 3), (3, 3)]  # 5 images, batches of 2
+    # The loss it reports is the one the result ends with (box + obj + cls per image).
+    metrics = result.metrics
+    assert calls[-1][2] == pytest.approx(metrics.box_loss + metrics.obj_loss + metrics.cls_loss, rel=1e-5)
+
+
+def test_stop_request_returns_the_batches_done_as_partial(model, data_yaml) -> None:
+    stop = threading.Event()
+    stop.set()
+    stopped = _executor(stop_check_interval=2).run(model, _loader(data_yaml), "cpu", stop=stop)
+    assert stopped.partial and stopped.to_dict()["partial"] is True
+    assert stopped.metrics.num_batches == 2 and stopped.metrics.num_images == 4
+    # The same four images validated alone give the same numbers: a stop drops images, never mixes them.
+    four = build_dataloader(load_dataset_config(data_yaml), "val", IMGSZ, 2, workers=0)
+    first_four = [batch for _, batch in zip(range(2), four, strict=False)]
+    alone = _executor().run(model, first_four, "cpu")
+    assert stopped.metrics.fine.map50_95 == alone.metrics.fine.map50_95
+    assert not _executor().run(model, _loader(data_yaml), "cpu", stop=lambda: False).partial
+    # Asked only between batches, never after the last: a request at the end keeps the full result.
+    assert not _executor(stop_check_interval=3).run(model, _loader(data_yaml), "cpu", stop=stop).partial

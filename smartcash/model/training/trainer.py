@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from smartcash.model.training.reports import RunReports
 from smartcash.model.training.run_data import build_data, build_precise_bn
 from smartcash.model.training.run_folder import prepare_run_dir
 from smartcash.model.training.run_outputs import register_run, validate_checkpoint, write_final_plots
+from smartcash.model.training.stop_request import deferred_interrupts
 from smartcash.model.training.starting_model import build_detector, estimate_random_backbone_statistics
 from smartcash.model.training.trackers import FAILED, FINISHED, KILLED, RunInfo, build_trackers
 from smartcash.taxonomy import load_loss_config
@@ -135,6 +137,21 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class ValidationHeartbeat:
+    """The validation executor's progress callback: a log line at most every ``every_s`` seconds, so
+    a long validation shows it is alive in a log file, where no progress bar is drawn."""
+
+    def __init__(self, epoch: int, every_s: float = 60.0) -> None:
+        self.epoch, self.every_s = epoch, every_s
+        self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int, loss: float) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every_s and done != total:
+            self.last = now
+            logger.info("epoch %d: validated %d/%s batches, loss %.4f", self.epoch, done, total or "?", loss)
 
 
 def _fitness_value(metric: str, row: dict[str, float]) -> float:
@@ -311,39 +328,58 @@ class Trainer:
         return {"train/box_loss": means[0], "train/obj_loss": means[1], "train/cls_loss": means[2]}
 
     def after_epoch(self, epoch: int, train_losses: dict[str, float], seconds: float) -> bool:
-        """Validate the EMA weights (rank 0), checkpoint, record; True when early stopping fires."""
-        stop = torch.zeros(1, device=self.device)
+        """Validate the EMA weights (rank 0), checkpoint, record; True when early stopping fires.
+
+        Ctrl-C or SIGTERM meanwhile is deferred (``stop_request.py``): it ends validation at its
+        next stop check, and is raised when this block ends. A partial validation is not recorded and
+        never becomes ``best.pt`` (``train()`` saves ``last.pt`` as for any interrupt); one that
+        finished first is recorded and checkpointed as a complete epoch, so nothing of it is lost.
+        """
+        early_stop = torch.zeros(1, device=self.device)
         if self.dist.is_main:
-            precise = self.precise_bn(self.ema.module, self.device)
-            result = self.validate()
-            lrs = group_lrs(self.optimizer)
-            row = {"epoch": epoch, "phase": self.config.phase, **train_losses, **result.metrics_row(),
-                   "fitness": float(result.fitness), "lr/backbone": lrs.get("backbone", 0.0),
-                   "lr/head": lrs.get("head", 0.0), "epoch_time_s": seconds}
-            tracker = self.phase_setup.early_stopping
-            improved = tracker.update(epoch, _fitness_value(tracker.metric, row))
-            if improved:
-                self.best_row, self.best_result = row, result
-            self.epoch, self.last_row = epoch, row
-            # Row first: a crash between the two writes then re-runs this epoch on --resume, and
-            # ResultsWriter drops the row again, instead of a last.pt whose epoch has no row.
-            self.records.add(row)
-            self._save_checkpoints(improved=improved, interrupted=False)
-            self.reports.epoch_done(epoch, row, result, improved)
-            logger.info("epoch %d/%d: mAP50 %.4f mAP50-95 %.4f %s %.4f (best %.4f @ %d) %.1f s; precise BN "
-                        "%d images, %.1f s", epoch, self.config.epochs - 1,
-                        row.get("metrics/mAP50", float("nan")), row.get("metrics/mAP50-95", float("nan")),
-                        tracker.metric, _fitness_value(tracker.metric, row), tracker.best,
-                        tracker.best_epoch, seconds, precise.images, precise.seconds)
-            if tracker.should_stop(epoch):
-                logger.info("early stopping: no %s improvement for %d epochs (best %.4f at epoch %d)",
-                            tracker.metric, tracker.patience, tracker.best, tracker.best_epoch)
-                stop.fill_(1)
+            with deferred_interrupts() as stop_request:
+                if self._validate_and_record(epoch, train_losses, seconds, stop_request):
+                    early_stop.fill_(1)
         else:
             self.epoch = epoch
         if self.dist.world_size > 1:
-            torch.distributed.broadcast(stop, src=0)  # every rank stops on rank 0's decision
-        return bool(stop.item())
+            torch.distributed.broadcast(early_stop, src=0)  # every rank stops on rank 0's decision
+        return bool(early_stop.item())
+
+    def _validate_and_record(self, epoch: int, train_losses: dict[str, float], seconds: float,
+                             stop_request: threading.Event) -> bool:
+        """Rank 0's part of ``after_epoch``; True when early stopping fires."""
+        precise = self.precise_bn(self.ema.module, self.device)
+        result = self.validate(epoch, stop_request)
+        if result.partial:
+            fine = result.metrics.fine
+            logger.warning("epoch %d: validation stopped after %d images (mAP50 %.4f mAP50-95 %.4f over those; "
+                           "not recorded)", epoch, result.metrics.num_images, fine.map50, fine.map50_95)
+            return False
+        lrs = group_lrs(self.optimizer)
+        row = {"epoch": epoch, "phase": self.config.phase, **train_losses, **result.metrics_row(),
+               "fitness": float(result.fitness), "lr/backbone": lrs.get("backbone", 0.0),
+               "lr/head": lrs.get("head", 0.0), "epoch_time_s": seconds}
+        tracker = self.phase_setup.early_stopping
+        improved = tracker.update(epoch, _fitness_value(tracker.metric, row))
+        if improved:
+            self.best_row, self.best_result = row, result
+        self.epoch, self.last_row = epoch, row
+        # Row first: a crash between the two writes then re-runs this epoch on --resume, and
+        # ResultsWriter drops the row again, instead of a last.pt whose epoch has no row.
+        self.records.add(row)
+        self._save_checkpoints(improved=improved, interrupted=False)
+        self.reports.epoch_done(epoch, row, result, improved)
+        logger.info("epoch %d/%d: mAP50 %.4f mAP50-95 %.4f %s %.4f (best %.4f @ %d) %.1f s; precise BN "
+                    "%d images, %.1f s", epoch, self.config.epochs - 1,
+                    row.get("metrics/mAP50", float("nan")), row.get("metrics/mAP50-95", float("nan")),
+                    tracker.metric, _fitness_value(tracker.metric, row), tracker.best,
+                    tracker.best_epoch, seconds, precise.images, precise.seconds)
+        if tracker.should_stop(epoch):
+            logger.info("early stopping: no %s improvement for %d epochs (best %.4f at epoch %d)",
+                        tracker.metric, tracker.patience, tracker.best, tracker.best_epoch)
+            return True
+        return False
 
     def after_train(self, stopped_early: bool) -> TrainResult:
         """Flush records, draw plots, register the run (rank 0)."""
@@ -367,10 +403,12 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ pieces
-    def validate(self) -> ValidationResult:
-        """Evaluate the EMA weights on the full val loader (rank 0)."""
+    def validate(self, epoch: int, stop_request: threading.Event | None = None) -> ValidationResult:
+        """Evaluate the EMA weights on the full val loader (rank 0); a set ``stop_request`` ends the
+        loop at its next check, with a ``partial`` result."""
         return self.validator.run(self.ema.module, self.val_loader, self.device,
-                                  keep_sample=self.reports.wants_validation_sample)
+                                  keep_sample=self.reports.wants_validation_sample,
+                                  progress_callback=ValidationHeartbeat(epoch), stop=stop_request)
 
     def _save_checkpoints(self, improved: bool, interrupted: bool) -> None:
         """``last.pt`` always, ``best.pt`` on improvement: one serialisation, two atomic writes."""

@@ -1,7 +1,9 @@
 """The validation loop: every batch of a loader through ``ValidationBatchProcessor``, then one result.
 
-The tqdm bar's loss is refreshed every N batches; the metrics always see every batch and every
-image, so the result does not depend on the interval. The thresholds come from
+Reporting (the tqdm bar's running loss, the progress callback) and the stop-request check run every
+N batches; the metrics always see every batch and every image up to a stop, so the result does not
+depend on the intervals. A stop request (Ctrl-C or SIGTERM while the trainer validates) ends the
+loop at the next check with the metrics of the batches done, marked ``partial``. The thresholds come from
 ``ValidationSettings`` (``configs/default.yaml``), so the trainer and ``smartcash.val`` configure
 the validator from one place.
 """
@@ -11,8 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,11 @@ from smartcash.model.training.core.validation_batch_processor import (LossFuncti
 from smartcash.taxonomy import LossConfig, Taxonomy, load_loss_config, load_taxonomy
 
 logger = logging.getLogger(__name__)
+
+#: progress_callback(batches done, batches in all (0 when unknown), running mean loss per image: box + obj + cls)
+ProgressCallback = Callable[[int, int, float], None]
+#: asked every ``stop_check_interval`` batches: an Event that is set, or a callable that returns True, stops
+StopRequest = Callable[[], bool] | threading.Event
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class ValidationResult:
     mode: str  # "coco" or "yolo"
     fitness_weights: tuple[float, float]  # (mAP50, mAP50-95) weights of ``fitness``
     sample: ValidationSample | None = None  # the first batch, when asked for (pictures)
+    partial: bool = False  # a stop request ended the loop before the last batch: not every image counted
 
     @property
     def images_per_second(self) -> float:
@@ -136,9 +145,17 @@ class ValidationResult:
             "num_batches": metrics.num_batches,
             "seconds": self.seconds,
             "images_per_second": self.images_per_second,
-            "partial": False,  # kept for readers of older files: validation always covers every batch
+            "partial": self.partial,
             "mode": self.mode,
         }
+
+
+def _stop_requested(stop: StopRequest | None) -> bool:
+    if stop is None:
+        return False
+    if isinstance(stop, threading.Event):
+        return stop.is_set()
+    return bool(stop())
 
 
 class ValidationExecutor:
@@ -150,7 +167,9 @@ class ValidationExecutor:
         settings: thresholds and fitness weights (``configs/default.yaml``'s when None).
         mode: mAP semantics, "coco" (default) or "yolo".
         multi_label: see ``PredictionProcessor``.
-        progress_interval: batches between refreshes of the bar's running loss (a device sync).
+        progress_interval: batches between progress reports (the bar's running loss, the callback;
+            each costs a device sync).
+        stop_check_interval: batches between checks of the stop request (a host-side check, no sync).
         show_progress: draw the tqdm bar (on stderr).
         fuse: evaluate a copy with each BatchNorm folded into its convolution (``smartcash.model.fuse``):
             the same boxes and scores within 1e-4, one pass less over every activation map.
@@ -158,11 +177,12 @@ class ValidationExecutor:
 
     def __init__(self, taxonomy: Taxonomy | None = None, loss_config: LossConfig | None = None,
                  settings: ValidationSettings | None = None, mode: str = "coco", multi_label: bool = True,
-                 progress_interval: int = 10, show_progress: bool = True, fuse: bool = True) -> None:
+                 progress_interval: int = 10, stop_check_interval: int = 1, show_progress: bool = True,
+                 fuse: bool = True) -> None:
         if mode not in ("coco", "yolo"):
             raise ValueError(f"mode must be 'coco' or 'yolo', got {mode!r}")
-        if progress_interval < 1:
-            raise ValueError("progress_interval must be >= 1")
+        if progress_interval < 1 or stop_check_interval < 1:
+            raise ValueError("progress_interval and stop_check_interval must be >= 1")
         self.taxonomy = taxonomy if taxonomy is not None else load_taxonomy()
         self.loss_config = loss_config if loss_config is not None else load_loss_config()
         self.settings = settings if settings is not None else ValidationSettings.defaults()
@@ -172,6 +192,7 @@ class ValidationExecutor:
                                              self.settings.max_det, multi_label)
         self.extractor = ClassificationExtractor(self.taxonomy, self.settings.presence_threshold)
         self.progress_interval = progress_interval
+        self.stop_check_interval = stop_check_interval
         self.show_progress = show_progress
         self.fuse = fuse
 
@@ -180,8 +201,8 @@ class ValidationExecutor:
         self.processor.set_phase(phase)
 
     def run(self, model: nn.Module, loader: Iterable[Any], device: torch.device | str | None = None,
-            loss: LossFunction | None = None, compute_loss: bool = True,
-            keep_sample: bool = False) -> ValidationResult:
+            loss: LossFunction | None = None, compute_loss: bool = True, keep_sample: bool = False,
+            progress_callback: ProgressCallback | None = None, stop: StopRequest | None = None) -> ValidationResult:
         """Validate ``model`` on every batch of ``loader``.
 
         Args:
@@ -191,6 +212,9 @@ class ValidationExecutor:
             device: where to run; the model's parameters' device when None.
             loss: the validation loss; a ``YoloLoss(model, loss_config)`` when None and compute_loss.
             keep_sample: keep the first batch and its detections (``result.sample``) for pictures.
+            progress_callback: called every ``progress_interval`` batches and after the last one.
+            stop: checked every ``stop_check_interval`` batches (not after the last one); when it
+                asks to stop, the metrics of the batches done so far come back with ``partial=True``.
         """
         device = torch.device(device) if device is not None else next(model.parameters()).device
         model_classes = getattr(model, "num_classes", self.taxonomy.num_classes)
@@ -209,6 +233,7 @@ class ValidationExecutor:
         was_training = model.training
         model.eval()
         first_batch = None
+        partial = False
         start = time.perf_counter()
         bar = tqdm(total=num_batches or None, desc="val", file=sys.stderr, disable=not self.show_progress,
                    dynamic_ncols=True, leave=False)
@@ -218,14 +243,23 @@ class ValidationExecutor:
                     first_batch = batch  # the host tensors, before the copy to the device
                 batches.update(model, batch.to(device))
                 bar.update(1)
-                if self.show_progress and (index % self.progress_interval == 0 or index == num_batches):
+                last = index == num_batches
+                reporting = self.show_progress or progress_callback is not None
+                if reporting and (index % self.progress_interval == 0 or last):
                     running = float(batches.running_loss().sum())  # a sync, only at report time
                     bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+                    if progress_callback is not None:
+                        progress_callback(index, num_batches, running)
+                if index % self.stop_check_interval == 0 and not last and _stop_requested(stop):
+                    logger.warning("validation stopped on request after %d of %s batches", index,
+                                   num_batches or "?")
+                    partial = True
+                    break
             metrics = batches.compute()
             sample = validation_sample(first_batch, batches.batch_detections(0)) if first_batch is not None else None
         finally:
             bar.close()
             model.train(was_training)
         seconds = time.perf_counter() - start
-        return ValidationResult(metrics, seconds, self.mode, self.settings.fitness_weights, sample)
+        return ValidationResult(metrics, seconds, self.mode, self.settings.fitness_weights, sample, partial)
 
