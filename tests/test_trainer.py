@@ -276,3 +276,32 @@ def test_ddp_two_gloo_processes(tmp_path, data_yaml) -> None:
     run = tmp_path / "runs/train/ddp/phase1"
     assert len(read_results(run / "results.csv")) == 1 and (run / "weights/best.pt").is_file()
     assert not any(name.startswith(".") for name in os.listdir(run / "weights"))  # only rank 0 wrote
+
+
+def test_amp_step_runs_the_model_in_bfloat16_and_the_loss_in_float32() -> None:
+    """The CUDA AMP path on the CPU (autocast supports bfloat16 there): the model's outputs are
+    half precision, the loss sees them as float32, and the step lands close to a float32 step."""
+    images, targets = _random_batch()
+    results = {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        model = build_model("yolov5n", 17).train()
+        seen = []
+        loss_fn = YoloLoss(model, load_loss_config())
+        original = loss_fn.__call__
+
+        class Recording(YoloLoss):
+            def __call__(self, raw, targets):
+                seen.append({level.dtype for level in raw})
+                return original(raw, targets)
+
+        loss_fn.__class__ = Recording
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses = optimization_step(model, images, targets, loss_fn, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                                   ModelEMA(model, 0.9999, 2000.0), update=True, clip_grad_norm=10.0, amp=amp,
+                                   amp_dtype=torch.bfloat16, where=(0, 0))
+        assert seen == [{torch.float32}] and losses.total.dtype == torch.float32
+        results[amp] = (float(losses.total.detach()), model.detect.convs[0].weight.detach().clone())
+    (loss32, weight32), (loss16, weight16) = results[False], results[True]
+    assert loss16 == pytest.approx(loss32, rel=0.05) and loss16 != loss32  # bfloat16 really ran
+    assert torch.allclose(weight16, weight32, atol=2e-3)  # one AdamW step of lr 1e-3 either way

@@ -175,7 +175,8 @@ def resume_from(state: dict[str, Any], *, optimizer: torch.optim.Optimizer, scal
                 ema: ModelEMA, phase_setup: PhaseSetup) -> ResumedProgress:
     """Restore optimiser, scaler, EMA, tracking and RNG from ``last.pt`` (the model is already loaded)."""
     optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
+    if state["scaler"] and scaler.is_enabled():  # a run saved without loss scaling (CPU, bfloat16) has none
+        scaler.load_state_dict(state["scaler"])
     ema.load_state_dict(state["ema"], int(state["ema_updates"]))
     phase_setup.early_stopping.load_state_dict(state["early_stopping"])
     restore_rng_state(state["rng"])

@@ -62,8 +62,9 @@ Item = TypeVar("Item")
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf: training stops; the last good checkpoints are left as they were."""
 
-    def __init__(self, epoch: int, batch_index: int, losses: LossOutput) -> None:
-        parts = ", ".join(f"{name}={float(getattr(losses, name)):.4g}" for name in ("box", "obj", "cls"))
+    def __init__(self, epoch: int, batch_index: int, losses: LossOutput | list[float]) -> None:
+        values = losses if isinstance(losses, list) else [float(losses.box), float(losses.obj), float(losses.cls)]
+        parts = ", ".join(f"{name}={value:.4g}" for name, value in zip(("box", "obj", "cls"), values, strict=True))
         super().__init__(f"non-finite loss at epoch {epoch}, batch {batch_index} ({parts}): training "
                          "stopped; the last good checkpoints were kept (try a lower LR or check the data)")
         self.epoch, self.batch_index = epoch, batch_index
@@ -98,20 +99,24 @@ class TrainResult:
 
 def optimization_step(model: nn.Module, images: Tensor, targets: Tensor, loss_fn: YoloLoss,
                       optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ema: ModelEMA,
-                      *, update: bool, clip_grad_norm: float, amp: bool, where: tuple[int, int]) -> LossOutput:
+                      *, update: bool, clip_grad_norm: float, amp: bool, where: tuple[int, int],
+                      amp_dtype: torch.dtype = torch.float16, check_finite: bool = True) -> LossOutput:
     """Forward, loss, backward; when ``update``: unscale, clip, step, zero, EMA.
 
-    Gradients of the batches between updates add up (accumulation to the nominal batch). The loss
-    is checked before backward, so a non-finite loss never reaches the weights.
+    Gradients of the batches between updates add up (accumulation to the nominal batch). With
+    ``check_finite`` the loss is checked before backward (a host read), so a non-finite loss never
+    reaches the weights; without it the caller watches the losses on the device (``NonFiniteWatch``).
+    Under AMP only the model runs in ``amp_dtype``: the loss gets float32 outputs (box IoUs and
+    BCE in half precision lose the localisation the loss is there to teach).
 
     Args:
         images: (B, 3, H, W) in [0, 1]; targets: (n, 6) [image, class, cx, cy, w, h] normalised.
         where: (epoch, batch index) for the error message.
     """
-    with torch.autocast(device_type=images.device.type, enabled=amp):
+    with torch.autocast(device_type=images.device.type, dtype=amp_dtype, enabled=amp):
         raw = model(images)  # 3 x (B, 3, H/s, W/s, 5 + nc) logits, strides 8/16/32
-        losses = loss_fn(raw, targets)  # total = (box + obj + cls) * B, as YOLOv5
-    if not torch.isfinite(losses.total):
+    losses = loss_fn([level.float() for level in raw], targets)  # total = (box + obj + cls) * B, as YOLOv5
+    if check_finite and not torch.isfinite(losses.total):
         raise NonFiniteLossError(*where, losses)
     scaler.scale(losses.total).backward()
     if update:
@@ -122,6 +127,39 @@ def optimization_step(model: nn.Module, images: Tensor, targets: Tensor, loss_fn
         optimizer.zero_grad(set_to_none=True)
         ema.update(_unwrap(model))
     return losses
+
+
+#: Batches between the training loop's host reads on an accelerator (the bar's loss and the
+#: non-finite check, in one transfer). On the CPU a read costs nothing: every batch is checked.
+HOST_READ_INTERVAL = 10
+
+
+def host_read_interval(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else HOST_READ_INTERVAL
+
+
+class NonFiniteWatch:
+    """The first non-finite loss of an epoch, remembered on the device (no host sync per batch);
+    ``check`` reads it with the progress report and raises ``NonFiniteLossError`` for that batch.
+    On an accelerator the weights may then have taken up to ``HOST_READ_INTERVAL`` bad steps, but
+    no checkpoint ever holds them: checkpoints are written after a finished epoch only."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # batch index, -1 = none
+        self.bad_losses = torch.zeros(3, device=device)  # its box, obj, cls
+
+    def update(self, losses: LossOutput, index: int) -> None:
+        newly_bad = ~torch.isfinite(losses.total.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(newly_bad, index, self.first_bad)
+        parts = torch.stack([losses.box, losses.obj, losses.cls]).detach().float()
+        self.bad_losses = torch.where(newly_bad, parts, self.bad_losses)
+
+    def check(self, epoch: int, losses: LossOutput, batch_size: int) -> float:
+        """One host read: raises for a non-finite loss seen so far; else the last loss per image."""
+        first_bad, current = torch.stack([self.first_bad.float(), losses.total.detach().float()]).tolist()
+        if first_bad >= 0:
+            raise NonFiniteLossError(epoch, int(first_bad), self.bad_losses.tolist())
+        return current / batch_size
 
 
 def seed_everything(seed: int) -> None:
@@ -177,7 +215,11 @@ class Trainer:
         if device.type == "cuda" and self.dist.world_size > 1:
             device = torch.device("cuda", self.dist.local_rank)
         self.device = device
-        self.amp = config.amp and device.type == "cuda"  # AMP + GradScaler on CUDA only
+        self.amp = config.amp and device.type == "cuda"  # AMP on CUDA only
+        # bfloat16 has float32's range: no loss scaling, so no GradScaler host sync per step.
+        self.amp_dtype = (torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16)
+        # NHWC lets AMP convolutions run on tensor cores without layout transposes.
+        self.channels_last = self.amp
         if config.threads:
             torch.set_num_threads(config.threads)  # leave cores to the loader workers (config.py)
         self.start_epoch = 0
@@ -237,6 +279,8 @@ class Trainer:
         seed_everything(config.seed)  # identical initial weights on every rank and every run
         starting = build_detector(config, self.taxonomy, start, self.train_loader.dataset, self.device)
         model = starting.model
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)  # same Parameter objects, NHWC storage
         previous = start.state.get("recipe") if start.state is not None else None
         if start.resume and previous:  # exactly the recipe the interrupted run used
             self.recipe = resumed_recipe(previous)
@@ -259,7 +303,7 @@ class Trainer:
                                        dist.world_size, self.validator)
         self.close_mosaic = phase_recipe.close_mosaic if config.close_mosaic is None else config.close_mosaic
         self.optimizer = self.phase_setup.optimizer
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
         self.ema = ModelEMA(model, config.ema_decay, config.ema_tau)
         self.precise_bn = (build_precise_bn(config, self.train_loader.dataset.report)
                            if dist.is_main else None)
@@ -308,22 +352,28 @@ class Trainer:
         progress = self._progress(self.train_loader, f"phase {self.config.phase} epoch {epoch}")
         schedule = self.phase_setup.schedule
         last_step = epoch * batches - 1  # gradients never accumulate across an epoch boundary
+        read_every = host_read_interval(self.device)
+        watch = NonFiniteWatch(self.device)
         for index, batch in enumerate(progress):
             iteration = epoch * batches + index
             schedule.apply(self.optimizer, iteration, epoch)
             self.reports.learning_rates(iteration, self.optimizer)
             self.reports.train_batch(epoch, index, batch.images, batch.targets, batch.paths)  # host tensors
             batch = batch.to(self.device)
+            images = batch.images.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.images
             update = iteration - last_step >= schedule.batches_per_step(iteration) or index == batches - 1
             if update:
                 last_step = iteration
             losses = optimization_step(
-                self.model, batch.images, batch.targets, self.loss_fn, self.optimizer, self.scaler,
+                self.model, images, batch.targets, self.loss_fn, self.optimizer, self.scaler,
                 self.ema, update=update, clip_grad_norm=self.config.clip_grad_norm, amp=self.amp,
-                where=(epoch, index))
+                where=(epoch, index), amp_dtype=self.amp_dtype, check_finite=read_every == 1)
             sums += torch.stack([losses.box, losses.obj, losses.cls]).detach().float()
-            if hasattr(progress, "set_postfix") and index % 10 == 0:
-                progress.set_postfix(loss=f"{float(losses.total.detach()) / len(batch.images):.4f}")
+            watch.update(losses, index)
+            if index % HOST_READ_INTERVAL == 0 or index == batches - 1:  # the loop's only host read
+                loss_per_image = watch.check(epoch, losses, len(batch.images))
+                if hasattr(progress, "set_postfix"):
+                    progress.set_postfix(loss=f"{loss_per_image:.4f}")
         means = (sums / max(1, batches)).tolist()
         return {"train/box_loss": means[0], "train/obj_loss": means[1], "train/cls_loss": means[2]}
 
