@@ -17,7 +17,9 @@ from typing import Any
 
 from smartcash.atomic import atomic_write_text
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: Where results go: benchmarks/results, or $SMARTCASH_BENCH_RESULTS (gpu_check.sh keeps a GPU
+#: run's files apart from the CPU files the README quotes).
+RESULTS_DIR = Path(os.environ.get("SMARTCASH_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def cpu_model() -> str:

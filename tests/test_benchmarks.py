@@ -151,3 +151,33 @@ def test_learning_quick_against_ultralytics(tmp_path):
     assert ultralytics["threads"] == 1
     (equal,) = results["summary"]["equal_wall_time"]
     assert equal["ultralytics_wall_s"] == pytest.approx(ultralytics["wall_s"])
+
+
+def test_summary_table_lists_every_tool_and_run(tmp_path, capsys):
+    from benchmarks import summary_table
+    from benchmarks.common import write_results
+
+    results = tmp_path / "results"
+    write_results("loader_quick", {"devices": [{"device": "cuda", "tools": {
+        "smartcash loader": {"images_per_s": 900.0, "ratio_to_smartcash": 1.0},
+        "ultralytics loader": {"images_per_s": 600.0, "ratio_to_smartcash": 1.5}}}]}, results)
+    write_results("map", {"machine": {"device": "cpu"}, "tools": {"pycocotools": {"median_s": 0.8,
+                                                                                   "ratio_to_smartcash": 95.5}}},
+                  results)
+    run = tmp_path / "runs/train/vnd/phase1"
+    run.mkdir(parents=True)
+    (run / "results.csv").write_text("epoch,epoch_time_s,metrics/mAP50,metrics/mAP50-95\n0,10,0.1,0.05\n"
+                                     "1,20,0.3,0.125\n")
+    assert summary_table.main([str(results), "--runs", str(tmp_path / "runs")]) == 0
+    table = capsys.readouterr().out
+    assert "ultralytics loader" in table and "600.0 img/s" in table and "1.50" in table
+    assert "800.0 ms" in table and "95.50" in table
+    assert "vnd/phase1, 2 epochs" in table and "15.0 s/epoch" in table and "mAP50-95 0.125" in table
+
+
+def test_gpu_check_script_is_valid_bash():
+    script = Path(__file__).resolve().parents[1] / "benchmarks/gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(script.parent)})
+    assert result.returncode != 0 and "SMARTCASH_VND_DATA" in result.stderr  # says what it needs first
