@@ -81,7 +81,7 @@ class StepRunner:
 
     def run(self, batches: Any) -> int:
         """One pass: schedule + optimization_step per batch (update every ``accumulate``). Returns images."""
-        from smartcash.model.training.trainer import optimization_step
+        from smartcash.model.training.step import optimization_step
 
         self.model.train()
         images = 0

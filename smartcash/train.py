@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     from smartcash.data.errors import DatasetError
     from smartcash.model.training.registry import RegistryError
     from smartcash.model.training.run_lock import RunFolderBusyError
-    from smartcash.model.training.trainer import NonFiniteLossError
+    from smartcash.model.training.step import NonFiniteLossError
     from smartcash.model.weights import WeightsError
 
     try:

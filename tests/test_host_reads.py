@@ -34,14 +34,14 @@ def test_guard_sees_a_read_on_every_batch() -> None:
         for value in torch.arange(5):
             float(value)  # a read per "batch", from a line of this test (not SmartCash's)
     assert reads.most() == ("", 0)  # only SmartCash's lines are counted
-    from smartcash.model.training.trainer import NonFiniteWatch
+    from smartcash.model.training.step import NonFiniteWatch
 
     watch = NonFiniteWatch(torch.device("cpu"))
     with HostReads() as reads:
         for _ in range(3):
             watch.check(0, _losses(1.0), 1)
     line, count = reads.most()
-    assert count == 3 and "trainer.py" in line  # and SmartCash's are
+    assert count == 3 and "step.py" in line  # and SmartCash's are
 
 
 def _losses(value: float):

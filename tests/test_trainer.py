@@ -27,7 +27,8 @@ from smartcash.model.training.phases import EarlyStopping, enter_phase
 from smartcash.model.training.recipe import load_recipe
 from smartcash.model.training.records import read_results
 from smartcash.model.training.registry import ModelRegistry
-from smartcash.model.training.trainer import Trainer, optimization_step
+from smartcash.model.training.step import optimization_step
+from smartcash.model.training.trainer import Trainer
 from smartcash.taxonomy import load_loss_config, load_taxonomy
 from tiny_training import tiny_dataset, train_tiny
 

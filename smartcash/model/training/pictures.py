@@ -22,8 +22,6 @@ from smartcash.taxonomy import Taxonomy
 
 #: Training batches drawn in the first epoch.
 TRAIN_BATCHES = 3
-#: Predictions drawn from this score (the mAP itself uses every detection down to 0.001).
-PREDICTION_SCORE = 0.25
 
 
 def images_uint8(images: Tensor) -> np.ndarray:
@@ -46,8 +44,14 @@ def target_boxes(targets: Tensor, batch_size: int, height: int, width: int) -> l
     return _split(boxes, rows[:, 0].astype(np.int64), batch_size)
 
 
-def prediction_boxes(predictions: Tensor, batch_size: int, min_score: float = PREDICTION_SCORE) -> list[np.ndarray]:
-    """(K, 7) [image, x1, y1, x2, y2, score, class] -> per image (n_i, 6), scores >= ``min_score``."""
+def prediction_boxes(predictions: Tensor, batch_size: int, min_score: float | None = None) -> list[np.ndarray]:
+    """(K, 7) [image, x1, y1, x2, y2, score, class] -> per image (n_i, 6), scores >= ``min_score``
+    (default: ``predict_conf`` of configs/default.yaml, what ``smartcash.predict`` keeps; the mAP
+    itself uses every detection down to ``val_conf``)."""
+    if min_score is None:
+        from smartcash.config import default_values
+
+        min_score = float(default_values()["predict_conf"])
     rows = predictions.detach().double().cpu().numpy().reshape(-1, 7)
     rows = rows[rows[:, 5] >= min_score]
     return _split(rows[:, 1:], rows[:, 0].astype(np.int64), batch_size)

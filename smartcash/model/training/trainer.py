@@ -29,10 +29,10 @@ from typing import IO, TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from smartcash.config import TrainConfig, save_config
-from smartcash.model.loss import LossOutput, YoloLoss
+from smartcash.model.loss import YoloLoss
 from smartcash.model.summary import count_gflops, model_summary
 from smartcash.model.training import run_lock
 from smartcash.model.training.checkpoint import (checkpoint_bytes, checkpoint_state, find_start_point, resume_from,
@@ -47,6 +47,8 @@ from smartcash.model.training.reports import RunReports
 from smartcash.model.training.run_data import build_data, build_precise_bn
 from smartcash.model.training.run_folder import prepare_run_dir
 from smartcash.model.training.run_outputs import register_run, validate_checkpoint, write_final_plots
+from smartcash.model.training.step import (HOST_READ_INTERVAL, NonFiniteWatch, host_read_interval, optimization_step,
+                                           unwrap)
 from smartcash.model.training.stop_request import deferred_interrupts
 from smartcash.model.training.starting_model import build_detector, estimate_random_backbone_statistics
 from smartcash.model.training.trackers import FAILED, FINISHED, KILLED, RunInfo, build_trackers
@@ -57,17 +59,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf: training stops; the last good checkpoints are left as they were."""
-
-    def __init__(self, epoch: int, batch_index: int, losses: LossOutput | list[float]) -> None:
-        values = losses if isinstance(losses, list) else [float(losses.box), float(losses.obj), float(losses.cls)]
-        parts = ", ".join(f"{name}={value:.4g}" for name, value in zip(("box", "obj", "cls"), values, strict=True))
-        super().__init__(f"non-finite loss at epoch {epoch}, batch {batch_index} ({parts}): training "
-                         "stopped; the last good checkpoints were kept (try a lower LR or check the data)")
-        self.epoch, self.batch_index = epoch, batch_index
 
 
 @dataclass(frozen=True)
@@ -97,71 +88,6 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's results.csv row
 
 
-def optimization_step(model: nn.Module, images: Tensor, targets: Tensor, loss_fn: YoloLoss,
-                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, ema: ModelEMA,
-                      *, update: bool, clip_grad_norm: float, amp: bool, where: tuple[int, int],
-                      amp_dtype: torch.dtype = torch.float16, check_finite: bool = True) -> LossOutput:
-    """Forward, loss, backward; when ``update``: unscale, clip, step, zero, EMA.
-
-    Gradients of the batches between updates add up (accumulation to the nominal batch). With
-    ``check_finite`` the loss is checked before backward (a host read), so a non-finite loss never
-    reaches the weights; without it the caller watches the losses on the device (``NonFiniteWatch``).
-    Under AMP only the model runs in ``amp_dtype``: the loss gets float32 outputs (box IoUs and
-    BCE in half precision lose the localisation the loss is there to teach).
-
-    Args:
-        images: (B, 3, H, W) in [0, 1]; targets: (n, 6) [image, class, cx, cy, w, h] normalised.
-        where: (epoch, batch index) for the error message.
-    """
-    with torch.autocast(device_type=images.device.type, dtype=amp_dtype, enabled=amp):
-        raw = model(images)  # 3 x (B, 3, H/s, W/s, 5 + nc) logits, strides 8/16/32
-    losses = loss_fn([level.float() for level in raw], targets)  # total = (box + obj + cls) * B, as YOLOv5
-    if check_finite and not torch.isfinite(losses.total):
-        raise NonFiniteLossError(*where, losses)
-    scaler.scale(losses.total).backward()
-    if update:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip_grad_norm)
-        scaler.step(optimizer)  # skipped by the scaler if AMP produced inf gradients
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(_unwrap(model))
-    return losses
-
-
-#: Batches between the training loop's host reads on an accelerator (the bar's loss and the
-#: non-finite check, in one transfer). On the CPU a read costs nothing: every batch is checked.
-HOST_READ_INTERVAL = 10
-
-
-def host_read_interval(device: torch.device) -> int:
-    return 1 if device.type == "cpu" else HOST_READ_INTERVAL
-
-
-class NonFiniteWatch:
-    """The first non-finite loss of an epoch, remembered on the device (no host sync per batch);
-    ``check`` reads it with the progress report and raises ``NonFiniteLossError`` for that batch.
-    On an accelerator the weights may then have taken up to ``HOST_READ_INTERVAL`` bad steps, but
-    no checkpoint ever holds them: checkpoints are written after a finished epoch only."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # batch index, -1 = none
-        self.bad_losses = torch.zeros(3, device=device)  # its box, obj, cls
-
-    def update(self, losses: LossOutput, index: int) -> None:
-        newly_bad = ~torch.isfinite(losses.total.detach()) & (self.first_bad < 0)
-        self.first_bad = torch.where(newly_bad, index, self.first_bad)
-        parts = torch.stack([losses.box, losses.obj, losses.cls]).detach().float()
-        self.bad_losses = torch.where(newly_bad, parts, self.bad_losses)
-
-    def check(self, epoch: int, losses: LossOutput, batch_size: int) -> float:
-        """One host read: raises for a non-finite loss seen so far; else the last loss per image."""
-        first_bad, current = torch.stack([self.first_bad.float(), losses.total.detach().float()]).tolist()
-        if first_bad >= 0:
-            raise NonFiniteLossError(epoch, int(first_bad), self.bad_losses.tolist())
-        return current / batch_size
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -171,10 +97,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """One seed per (run seed, epoch, rank): resuming at epoch e replays epoch e exactly."""
     return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**31
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 class ValidationHeartbeat:
@@ -463,7 +385,7 @@ class Trainer:
     def _save_checkpoints(self, improved: bool, interrupted: bool) -> None:
         """``last.pt`` always, ``best.pt`` on improvement: one serialisation, two atomic writes."""
         state = checkpoint_state(
-            config=self.config, taxonomy=self.taxonomy, recipe=self.recipe, model=_unwrap(self.model), ema=self.ema,
+            config=self.config, taxonomy=self.taxonomy, recipe=self.recipe, model=unwrap(self.model), ema=self.ema,
             optimizer=self.optimizer, scaler=self.scaler, phase_setup=self.phase_setup, epoch=self.epoch,
             batches_per_epoch=len(self.train_loader), last_row=self.last_row, results=self.records.rows,
             interrupted=interrupted)
