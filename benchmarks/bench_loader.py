@@ -4,6 +4,7 @@ The training loader (augmentation on) with 0 and 2 workers, against the rate of 
 alone on batches already in memory, and against ultralytics' training loader on the same images.
 
     python -m benchmarks.bench_loader [--quick] [--device cpu|cuda] [--data synthetic|vnd|DATA.yaml]
+                                      [--cache none ram disk]
 
 Rows (images/s over one pass of the train split, median of --repeats passes after a warm-up pass):
 - ``smartcash loader``: ``build_dataloader(augment=True, shuffle=True)`` iterated, each Batch
@@ -11,21 +12,28 @@ Rows (images/s over one pass of the train split, median of --repeats passes afte
   collate (float [0, 1]). ``persistent`` keeps its workers between passes, as the Trainer does
   (every sample is seeded from (seed, epoch, index), so workers need no restart for a resume to
   replay an epoch); ``respawned`` starts them every pass, as the Trainer did before: the start-up
-  is then in every epoch.
+  is then in every epoch. ``cache=ram`` / ``cache=disk`` (``--cache``, default all three): the
+  same loader with its decoded-image cache (``smartcash.data.image_cache``), filled before the
+  timing (``cache_fill_s`` in the results: building the loader, the fill included; disk: files
+  written into the temporary copy of the dataset). The row of the Trainer's default cache
+  (configs/default.yaml) is marked ``(as the Trainer)``; times are relative to ``cache=none``.
 - ``ultralytics loader``: its ``build_yolo_dataset(mode='train')`` + ``build_dataloader`` with its
   default augmentation (mosaic, random perspective, HSV, flips), persistent workers; it hands
-  over uint8 images (its trainer converts them on the device).
+  over uint8 images (its trainer converts them on the device). With ``--cache ram|disk`` also
+  its workers=2 loader with the same ``cache`` setting.
 - ``training step``: ``trainer.optimization_step`` (forward, loss, backward, and every
   nominal_batch/batch steps: clip, AdamW step, EMA) plus the LR schedule, over pre-loaded
   batches: the rate the model can consume data at. Phase 1 (backbone frozen) and phase 2.
 - ``loader + step``: the two together as in a training epoch (loader with 2 persistent workers,
   phase 1 step): on a small CPU machine the workers and the step compete for the same cores.
+  Also with each ``--cache`` mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 import torch
@@ -33,8 +41,22 @@ import torch
 from benchmarks import workloads
 from benchmarks.common import format_table, machine_info, time_call, time_interleaved, write_results
 from benchmarks.workloads import synchronize
+from smartcash.data.image_cache import CACHE_MODES
 
 IMGSZ, BATCH, MODEL = 320, 16, "yolov5n"
+
+
+def trainer_cache() -> str:
+    """The Trainer's default image cache (configs/default.yaml)."""
+    from smartcash.config import default_values
+
+    return str(default_values()["cache"])
+
+
+def loader_row(cache: str) -> str:
+    """Row name of SmartCash's loader with 2 persistent workers and ``cache``; the Trainer's is marked."""
+    return f"smartcash loader, workers=2, persistent, cache={cache}" + (
+        " (as the Trainer)" if cache == trainer_cache() else "")
 
 
 def loader_pass(loader: Any, device: str) -> int:
@@ -98,12 +120,13 @@ class StepRunner:
         return images
 
 
-def ultralytics_loader(data: workloads.BenchData, workers: int) -> Any:
+def ultralytics_loader(data: workloads.BenchData, workers: int, cache: str = "none") -> Any:
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
 
-    config = get_cfg(overrides={"imgsz": IMGSZ, "batch": BATCH, "workers": workers})
+    config = get_cfg(overrides={"imgsz": IMGSZ, "batch": BATCH, "workers": workers,
+                                "cache": False if cache == "none" else cache})
     dataset_info = check_det_dataset(str(data.data_yaml))
     dataset = build_yolo_dataset(config, dataset_info["train"], BATCH, dataset_info, mode="train", stride=32)
     return build_dataloader(dataset, BATCH, workers, shuffle=True)
@@ -115,9 +138,10 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
 
     config = load_dataset_config(data.data_yaml)
 
-    def smartcash_loader(workers: int, augment: bool = True, persistent_workers: bool = True) -> Any:
+    def smartcash_loader(workers: int, augment: bool = True, persistent_workers: bool = True,
+                         cache: str = "none") -> Any:
         return build_dataloader(config, "train", IMGSZ, BATCH, workers=workers, augment=augment, shuffle=True, seed=0,
-                                persistent_workers=persistent_workers)
+                                persistent_workers=persistent_workers, cache=cache)
 
     in_memory = [batch.to(device) for batch in smartcash_loader(0)]  # one augmented epoch, kept
     num_images = sum(len(batch.images) for batch in in_memory)
@@ -125,38 +149,51 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
     def one_pass(loader: Any) -> Any:
         return lambda: loader_pass(loader, device)
 
-    persistent = smartcash_loader(2)  # as the Trainer builds it
+    persistent = smartcash_loader(2)  # as the Trainer builds it, less the image cache
     functions = {
         "smartcash loader, workers=0": one_pass(smartcash_loader(0)),
-        "smartcash loader, workers=2, persistent (as the Trainer)": one_pass(persistent),
+        loader_row("none"): one_pass(persistent),
         "smartcash loader, workers=2, respawned": one_pass(smartcash_loader(2, persistent_workers=False)),
     }
+    cache_fill_s, cached = {}, {}
+    for cache in (mode for mode in args.cache if mode != "none"):
+        started = time.perf_counter()
+        cached[cache] = smartcash_loader(2, cache=cache)
+        cache_fill_s[cache] = time.perf_counter() - started
+        functions[loader_row(cache)] = one_pass(cached[cache])
     if not args.quick:
         functions["smartcash loader, no augmentation, workers=0"] = one_pass(smartcash_loader(0, augment=False))
     loaders = time_interleaved(functions, repeats=repeats)
     with workloads.ultralytics_session(torch.get_num_threads()):
-        for workers in (0, 2):
+        peers = [(0, "none"), (2, "none")] + [(2, mode) for mode in args.cache if mode != "none"]
+        for workers, cache in peers:
             # Timed alone, then closed: its infinite loader's workers keep prefetching the next
             # epoch after a pass, which would steal the CPU from whatever is timed next.
-            loader = ultralytics_loader(data, workers)
-            loaders[f"ultralytics loader, workers={workers}, persistent"] = time_call(
-                lambda: ultralytics_pass(loader, device), repeats=repeats)
+            loader = ultralytics_loader(data, workers, cache)
+            name = f"ultralytics loader, workers={workers}, persistent"
+            name += f", cache={cache}" if cache != "none" else ""
+            loaders[name] = time_call(lambda: ultralytics_pass(loader, device), repeats=repeats)
             loader.close()
     step_functions = {
         "training step, phase 1 (backbone frozen), in memory": lambda: steps[1].run(in_memory),
         "training step, phase 2 (all layers), in memory": lambda: steps[2].run(in_memory),
         "loader (workers=2, persistent) + phase 1 step": lambda: steps[1].run(persistent),
     }
+    for cache, loader in cached.items():  # does the cache change what training sees per second?
+        step_functions[f"loader (workers=2, persistent, cache={cache}) + phase 1 step"] = (
+            lambda loader=loader: steps[1].run(loader))
     timed = {**loaders, **time_interleaved(step_functions, repeats=repeats)}
-    reference = timed["smartcash loader, workers=2, persistent (as the Trainer)"][0].median_s
+    reference = timed[loader_row("none")][0].median_s
     tools = {}
     for name, (timing, images) in timed.items():
         tools[name] = {"median_s": timing.median_s, "min_s": timing.min_s, "runs_s": timing.runs_s,
                        "images": images, "images_per_s": images / timing.median_s,
                        "ratio_to_smartcash": timing.median_s / reference}
-    loader_rate = tools["smartcash loader, workers=2, persistent (as the Trainer)"]["images_per_s"]
+    trainer = loader_row(trainer_cache()) if trainer_cache() in cached else loader_row("none")
+    loader_rate = tools[trainer]["images_per_s"]
     step_rate = tools["training step, phase 1 (backbone frozen), in memory"]["images_per_s"]
-    return {"device": device, "images_per_pass": num_images, "tools": tools,
+    return {"device": device, "images_per_pass": num_images, "tools": tools, "cache_fill_s": cache_fill_s,
+            "loader_for_step_ratio": trainer,
             "loader_over_step_phase1": loader_rate / step_rate,
             "loader_over_step_phase2": loader_rate / tools["training step, phase 2 (all layers), in memory"]["images_per_s"]}
 
@@ -166,11 +203,13 @@ def print_table(record: dict[str, Any]) -> None:
             for name, tool in record["tools"].items()]
     print(f"\nloader vs training step on {record['device']}: {record['images_per_pass']} images per pass, "
           f"{MODEL} imgsz {IMGSZ} batch {BATCH}, augmentation on")
-    print(format_table(["tool", "time_s (median)", "min_s", "vs smartcash loader", "images/s"], rows))
+    print(format_table(["tool", "time_s (median)", "min_s", "vs smartcash, cache=none", "images/s"], rows))
+    for cache, seconds in record["cache_fill_s"].items():
+        print(f"cache={cache}: loader built and its cache filled in {seconds:.2f} s")
     for phase in (1, 2):
         ratio = record[f"loader_over_step_phase{phase}"]
         verdict = "the loader is the bottleneck" if ratio < 1 else "the step is the bottleneck"
-        print(f"loader (2 workers, as the Trainer) / phase {phase} step rate = {ratio:.2f}: {verdict} "
+        print(f"{record['loader_for_step_ratio']} / phase {phase} step rate = {ratio:.2f}: {verdict} "
               f"(when both get the machine alone)")
 
 
@@ -178,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     workloads.add_common_arguments(parser)
     parser.add_argument("--data", default="synthetic", help="synthetic (default) | synthetic-large | vnd | path to a data.yaml")
+    parser.add_argument("--cache", nargs="+", choices=CACHE_MODES, default=list(CACHE_MODES),
+                        help="SmartCash image caches to time besides none, the reference (default: all); "
+                             "ram/disk also time ultralytics' loader with the same cache")
     parser.add_argument("--train-images", type=int, default=None,
                         help="use the first N train images (default 160; 64 with --quick)")
     args = parser.parse_args(argv)

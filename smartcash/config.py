@@ -24,7 +24,7 @@ from smartcash.model.training.records import RESULTS_COLUMNS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 #: Flags a ``--resume`` may change; everything else comes from the interrupted run's config.
-RESUME_OVERRIDES = ("device", "workers", "threads", "epochs", "patience", "tensorboard", "mlflow")
+RESUME_OVERRIDES = ("device", "workers", "threads", "cache", "epochs", "patience", "tensorboard", "mlflow")
 #: What early stopping may track: fitness, and the results.csv columns of metrics and losses.
 EARLY_STOP_METRICS = ("fitness", *(column for column in RESULTS_COLUMNS
                                    if column.startswith(("metrics/", "val/", "train/"))))
@@ -48,6 +48,7 @@ class TrainConfig:
     imgsz_cuda: int
     batch: int
     workers: int
+    cache: str
     threads: int | None
     device: str
     project: str
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--imgsz", type=int, help="input size, multiple of 32 (default: imgsz_cpu / imgsz_cuda of configs/default.yaml)")
     add("--batch", type=int, help="batch size per process")
     add("--workers", type=int)
+    add("--cache", help="decoded-image cache of the training images: none | ram | disk (default: "
+        "configs/default.yaml's); batches are identical with each")
     add("--threads", type=int, help="torch CPU threads per process (default: its share of the cores; 1 on a busy machine)")
     add("--device", help="cpu | cuda | cuda:N | N (default: cuda if available)")
     add("--project", help="root folder of runs (default runs)")
@@ -296,6 +299,11 @@ def _validate(config: TrainConfig, source: str) -> None:
     for key in ("workers", "patience", "seed", "precise_bn_images"):
         if getattr(config, key) < 0:
             fail(key, "must be >= 0")
+    from smartcash.data.image_cache import CACHE_MODES
+
+    if config.cache not in CACHE_MODES:
+        fail("cache", f"must be one of {', '.join(CACHE_MODES)} (decoded training images in memory, "
+             "as .npy files, or neither)")
     if config.threads is not None and config.threads < 1:
         fail("threads", "must be >= 1")
     for key in ("imgsz", "imgsz_cpu", "imgsz_cuda"):

@@ -56,6 +56,8 @@ def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:
     (["--precise-bn", "-1"], "", "precise_bn_images=-1: must be >= 0"),
     ([], "phase1_head_lr: 0.01\n", "unknown key(s) ['phase1_head_lr']"),
     ([], "epochs: [1\n", "invalid YAML"),
+    (["--cache", "bogus"], "", "cache='bogus': must be one of none, ram, disk"),
+    ([], "cache: RAM\n", "cache='RAM': must be one of none, ram, disk"),
 ])
 def test_bad_values_are_rejected_with_clear_messages(tmp_path, argv, yaml_text, message) -> None:
     if yaml_text:
@@ -92,6 +94,8 @@ def test_train_main_returns_2_on_bad_config(capsys) -> None:
 
     assert main(["--imgsz", "33", "--device", "cpu"]) == 2
     assert "imgsz=33" in capsys.readouterr().err
+    assert main(["--cache", "bogus", "--device", "cpu"]) == 2
+    assert "cache='bogus': must be one of none, ram, disk" in capsys.readouterr().err
 
 
 def test_validation_and_prediction_numbers_come_from_default_yaml(tmp_path) -> None:

@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from smartcash.data.augment import AugmentConfig, Augmenter, letterbox, mosaic_canvas, resize_long_side
+from smartcash.data.augment import AugmentConfig, Augmenter, letterbox, mosaic_canvas
 from smartcash.data.checks import SplitReport, scan_split
 from smartcash.data.dataset_config import DatasetConfig
 from smartcash.data.errors import DatasetError
+from smartcash.data.image_cache import open_image_cache
 from smartcash.data.images import read_image
 from smartcash.data.sampling import SampleKey, sample_seed
 
@@ -92,11 +93,14 @@ class YoloDataset(Dataset):
         report: a scan to use (its skipped images were reported by whoever made it); default the
             cached scan (``label_cache.load_split_report``), whose skipped images are reported here.
         use_cache: False to scan without reading or writing the label cache.
+        cache: decoded-image cache of the augmented path, ``none | ram | disk`` (``image_cache``),
+            filled here, before a loader forks its workers. The non-augmented path decodes the
+            full image for an exact letterbox and never reads it.
     """
 
     def __init__(self, config: DatasetConfig, split: str, imgsz: int, augment: bool,
                  hyp: AugmentConfig | dict[str, Any] | None = None, seed: int = 0,
-                 report: SplitReport | None = None, use_cache: bool = True):
+                 report: SplitReport | None = None, use_cache: bool = True, cache: str = "none"):
         self.config, self.split, self.augment = config, split, augment
         self.imgsz = stride_aligned(imgsz)
         if self.imgsz != imgsz:
@@ -126,6 +130,12 @@ class YoloDataset(Dataset):
         #: (N, 2) [height, width] of each source image.
         self.shapes = np.asarray([(s.height, s.width) for s in report.samples], dtype=np.int64)
         self.seed = seed
+        if cache != "none" and not augment:
+            logger.info("%s split: no augmentation, so no image cache (it holds the training path's images)",
+                        split)
+            cache = "none"
+        #: Each image decoded (reduced) and resized to long side imgsz: where every training sample starts.
+        self.images = open_image_cache(cache, self.paths, self.shapes, self.imgsz)
         self.augmenter = Augmenter(self.imgsz, AugmentConfig.from_hyp(hyp), seed) if augment else None
         #: For plain integer indices: False augments single images only. Training indexes with
         #: ``SampleKey`` instead, which carries the flag into persistent workers (sampling.py).
@@ -139,16 +149,10 @@ class YoloDataset(Dataset):
         if self.augmenter is not None:
             self.augmenter.reseed(seed)
 
-    def _reduction(self, index: int) -> int:
-        """Largest decode reduction (1, 2, 4, 8) that still leaves the long side >= imgsz."""
-        long_side = int(self.shapes[index].max())
-        return next((r for r in (8, 4, 2) if long_side >= r * self.imgsz), 1)
-
     def _resized(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """Image with long side imgsz and its boxes (n, 4) xyxy px."""
-        image = read_image(self.paths[index], self._reduction(index))
+        image = self.images.get(index).image
         original = (int(self.shapes[index][0]), int(self.shapes[index][1]))
-        image, _ = resize_long_side(image, self.imgsz, fast=True)
         height, width = image.shape[:2]
         return image, _xywhn_to_xyxy(self.labels[index][:, 1:], width, height), original
 
@@ -162,16 +166,18 @@ class YoloDataset(Dataset):
             classes = np.concatenate([self.labels[i][:, 0] for i in indices])
             image, boxes, classes = self.augmenter(canvas, boxes, classes, mosaic=True)
             return image, boxes, classes, tiles[0][2], (0.0, 0.0, 0.0)
-        reduce = self._reduction(index)
-        source = read_image(self.paths[index], reduce)
-        image, box = letterbox(source, self.imgsz, fast=True)
-        height, width = source.shape[:2]
-        boxes = _xywhn_to_xyxy(self.labels[index][:, 1:], width * box.scale, height * box.scale,
+        cached = self.images.get(index)
+        # The cached image already has long side imgsz: letterbox only pads it. Its boxes and
+        # scale come from the decode's size, as a letterbox of the decode itself would give them.
+        image, box = letterbox(cached.image, self.imgsz, fast=True)
+        height, width = cached.decoded_shape
+        resize = self.imgsz / max(height, width)  # resize_long_side's scale from the decode
+        boxes = _xywhn_to_xyxy(self.labels[index][:, 1:], width * resize, height * resize,
                                box.pad_x, box.pad_y)
         image, boxes, classes = self.augmenter(image, boxes, self.labels[index][:, 0], mosaic=False)
         original = (int(self.shapes[index][0]), int(self.shapes[index][1]))
         # Pre-augmentation mapping from the full-size source (the decode may have been reduced).
-        scale = box.scale * width / original[1]
+        scale = resize * width / original[1]
         return image, boxes, classes, original, (scale, box.pad_x, box.pad_y)
 
     def __getitem__(self, key: int | SampleKey) -> DatasetItem:

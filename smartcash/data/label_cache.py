@@ -48,9 +48,14 @@ def cache_paths(config: DatasetConfig, split: str) -> tuple[Path, Path]:
     images = config.images(split)
     labels_dir = config.label_path(images[0]).parent if images else config.root / "labels"
     local = labels_dir.parent / f"{labels_dir.name}.{split}.cache"
-    root = Path(os.environ.get("SMARTCASH_CACHE") or Path.home() / ".cache" / "smartcash")
     digest = hashlib.sha256(str(local).encode("utf-8")).hexdigest()[:16]
-    return local, root / "labels" / f"{digest}.{split}.cache"
+    return local, cache_root() / "labels" / f"{digest}.{split}.cache"
+
+
+def cache_root() -> Path:
+    """SmartCash's cache folder: ``$SMARTCASH_CACHE``, else ``~/.cache/smartcash`` (label caches,
+    image caches of read-only datasets, the synthetic dataset)."""
+    return Path(os.environ.get("SMARTCASH_CACHE") or Path.home() / ".cache" / "smartcash")
 
 
 def _to_json(report: SplitReport, fingerprint: str) -> dict:
@@ -83,7 +88,7 @@ def _read(path: Path, fingerprint: str) -> SplitReport | None:
         return None
 
 
-def _writable(folder: Path) -> bool:
+def writable_folder(folder: Path) -> bool:
     """Writable, and not marked read-only (root ignores permission bits: respect the intent)."""
     try:
         return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
@@ -93,7 +98,7 @@ def _writable(folder: Path) -> bool:
 
 def _write_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not _writable(path.parent):
+    if not writable_folder(path.parent):
         raise PermissionError(f"{path.parent}: read-only")
     atomic_write_text(path, json.dumps(data, separators=(",", ":")))
 

@@ -23,7 +23,7 @@ def build_dataloader(config: DatasetConfig, split: str, imgsz: int, batch_size: 
                      workers: int | None = None, augment: bool = False, shuffle: bool = False,
                      seed: int = 0, distributed: bool = False,
                      hyp: AugmentConfig | dict[str, Any] | None = None,
-                     persistent_workers: bool = True) -> DataLoader:
+                     persistent_workers: bool = True, cache: str = "none") -> DataLoader:
     """A DataLoader yielding ``Batch`` for one split.
 
     Args:
@@ -38,12 +38,14 @@ def build_dataloader(config: DatasetConfig, split: str, imgsz: int, batch_size: 
         distributed: shard the data over the processes of the initialised process group.
         hyp: augmentation strengths.
         persistent_workers: keep the worker processes between epochs (when ``workers > 0``).
+        cache: decoded-image cache of the augmented path, ``none | ram | disk`` (``image_cache``):
+            filled here, in this process, before the workers fork (they share a ``ram`` cache).
 
     With ``augment`` or ``shuffle`` the loader's sampler is an ``EpochSampler``: call
     ``loader.sampler.set_epoch(epoch, mosaic)`` before each epoch; every sample is then a function
     of (seed, epoch, index) alone, whatever the workers did before (see ``sampling.py``).
     """
-    dataset = YoloDataset(config, split, imgsz, augment=augment, hyp=hyp, seed=seed)
+    dataset = YoloDataset(config, split, imgsz, augment=augment, hyp=hyp, seed=seed, cache=cache)
     workers = default_loader_workers() if workers is None else workers
     if workers > 0:
         import cv2

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from smartcash.data import synthetic_draw as draw
+from smartcash.data.label_cache import cache_root
 from smartcash.data.yolo_writer import YoloLayoutWriter
 from smartcash.taxonomy import Taxonomy, load_taxonomy
 
@@ -174,8 +175,8 @@ def render_sample(seed: int, split: str, index: int, imgsz: int,
 
 
 def default_cache_dir() -> Path:
-    """``$SMARTCASH_CACHE``, else ``~/.cache/smartcash``."""
-    return Path(os.environ.get("SMARTCASH_CACHE") or Path.home() / ".cache" / "smartcash")
+    """``$SMARTCASH_CACHE``, else ``~/.cache/smartcash`` (``label_cache.cache_root``)."""
+    return cache_root()
 
 
 def dataset_dir_name(seed: int, num_train: int, num_val: int, imgsz: int) -> str:

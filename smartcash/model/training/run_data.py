@@ -27,7 +27,9 @@ def build_data(config: TrainConfig, world_size: int, is_main: bool) -> RunData:
     """Train loader (sharded under DDP) and, on rank 0, the full val loader.
 
     The train loader's workers persist across epochs: every sample is seeded from (seed, epoch,
-    index) (data/sampling.py), so a resumed run still replays its epochs exactly.
+    index) (data/sampling.py), so a resumed run still replays its epochs exactly. Its image cache
+    (``config.cache``) is filled here, before they fork; under DDP every rank fills its own. The
+    val loader decodes full images for an exact letterbox and has none.
     """
     from smartcash.data.checks import no_boxes_reason
     from smartcash.data.dataset_config import load_dataset_config
@@ -37,7 +39,7 @@ def build_data(config: TrainConfig, world_size: int, is_main: bool) -> RunData:
     dataset = load_dataset_config(config.data)
     train = build_dataloader(dataset, "train", config.imgsz, config.batch, config.workers,
                              augment=config.augment, shuffle=True, seed=config.seed,
-                             distributed=world_size > 1)
+                             distributed=world_size > 1, cache=config.cache)
     empty = no_boxes_reason(dataset, train.dataset.report)  # all backgrounds: nothing to learn
     if empty:
         raise DatasetError(f"{dataset.path}: {empty}")
