@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.common import RESULTS_DIR
+
 #: Run order: the cheap ones first.
 BENCHMARKS = ("map", "extractor", "validation", "loader", "training", "install", "learning")
 ONLY_WHEN_NAMED = {"learning"}  # too long for the default sequence
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n=== summary")
     for name, flags, code, seconds in summary:
         print(f"{name:<11} {flags:<36} {'ok' if code == 0 else f'FAILED (exit {code})':<16} {seconds:7.1f} s")
-    print(f"total {sum(seconds for *_, seconds in summary):.1f} s; results in benchmarks/results/")
+    print(f"total {sum(seconds for *_, seconds in summary):.1f} s; results in {RESULTS_DIR}/")
     return 0 if all(code == 0 for _, _, code, _ in summary) else 1
 
 

@@ -77,11 +77,6 @@ def pr_curve_figure(map_result: Any, names: Sequence[str], title: str = "Precisi
     return figure
 
 
-def plot_pr_curve(map_result: Any, names: Sequence[str], path: str | Path, title: str = "Precision-recall") -> Path:
-    """``pr_curve_figure`` written to ``path``."""
-    return save_figure(pr_curve_figure(map_result, names, title), path)
-
-
 def confusion_matrix_figure(matrix: np.ndarray, names: Sequence[str], title: str = "Denomination confusion matrix",
                             normalize: bool = True) -> Any:
     """Heat map of a (K, K) matrix, rows = truth, columns = prediction; normalized per true row."""
@@ -102,12 +97,6 @@ def confusion_matrix_figure(matrix: np.ndarray, names: Sequence[str], title: str
                           color="white" if shown[row, column] > 0.5 * (shown.max() or 1) else "black")
     axes.set(xlabel="Predicted", ylabel="True", title=title)
     return figure
-
-
-def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: str | Path,
-                          title: str = "Denomination confusion matrix", normalize: bool = True) -> Path:
-    """``confusion_matrix_figure`` written to ``path``."""
-    return save_figure(confusion_matrix_figure(matrix, names, title, normalize), path)
 
 
 def labels_figure(labels: Sequence[np.ndarray], taxonomy: Taxonomy) -> Any:

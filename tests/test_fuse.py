@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from smartcash.model.build import build_model
-from smartcash.model.fuse import count_batchnorms, fused_copy
+from smartcash.model.fuse import fused_copy
 
 
 def _trained_statistics(model: torch.nn.Module) -> torch.nn.Module:
@@ -33,6 +33,10 @@ def test_fused_copy_gives_the_same_boxes_and_scores(name: str) -> None:
     torch.testing.assert_close(fused_decoded[..., 4:], decoded[..., 4:], atol=1e-4, rtol=0)  # scores
     for mine, reference in zip(fused_raw, raw):
         torch.testing.assert_close(mine, reference, atol=1e-4, rtol=1e-4)
+
+
+def count_batchnorms(model: torch.nn.Module) -> int:
+    return sum(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
 
 
 def test_fused_copy_folds_the_running_statistics_in() -> None:

@@ -40,8 +40,3 @@ def _fold_sequential(sequence: nn.Sequential) -> None:
         if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
             sequence._modules[first] = fuse_conv_bn_eval(conv, norm)
             sequence._modules[second] = nn.Identity()
-
-
-def count_batchnorms(model: nn.Module) -> int:
-    """BatchNorm2d layers left in ``model`` (0 once every one is folded)."""
-    return sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())

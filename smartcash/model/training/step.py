@@ -2,8 +2,9 @@
 
 ``optimization_step`` is the whole step (forward under AMP, float32 loss, backward, and on an
 update: unscale, clip, AdamW, EMA). ``NonFiniteWatch`` keeps the first non-finite loss of an
-epoch on the device; the trainer reads it with its progress report, every ``HOST_READ_INTERVAL``
-batches on an accelerator and every batch on the CPU, where a read costs nothing.
+epoch on the device; the trainer reads it with its progress report every ``HOST_READ_INTERVAL``
+batches. On the CPU, where a read costs nothing, the step also checks every loss before its
+backward (``host_read_interval``), so there a non-finite loss never reaches the weights.
 """
 
 from __future__ import annotations
