@@ -1,5 +1,6 @@
 """YoloDataset, augmentation, label cache and loader on the VND subset and tiny made-up data."""
 
+import itertools
 import logging
 import shutil
 from pathlib import Path
@@ -104,9 +105,9 @@ def test_augmented_batches_are_deterministic_and_boxes_valid(vnd):
 def test_no_horizontal_flip_by_default():
     config = AugmentConfig()
     assert config.fliplr == 0 and config.flipud == 0
-    names = {type(t).__name__ for t in Augmenter(64, config).single.transforms}
+    names = {type(t).__name__ for t in Augmenter(64, config).pipeline.transforms}
     assert "HorizontalFlip" not in names and "VerticalFlip" not in names
-    flipping = {type(t).__name__ for t in Augmenter(64, AugmentConfig(fliplr=0.5)).single.transforms}
+    flipping = {type(t).__name__ for t in Augmenter(64, AugmentConfig(fliplr=0.5)).pipeline.transforms}
     assert "HorizontalFlip" in flipping
     # An asymmetric image through a geometry-only pipeline keeps its left side on the left.
     still = AugmentConfig(mosaic=0, hsv_h=0, hsv_s=0, hsv_v=0, brightness_contrast=0, blur=0,
@@ -126,6 +127,34 @@ def test_boxes_cut_away_by_the_mosaic_are_dropped():
     out, kept, classes = Augmenter(64, AugmentConfig(scale=0, translate=0), seed=0)(
         image, boxes, np.array([0.0, 1.0, 2.0]), mosaic=True)
     assert out.shape == (64, 64, 3) and set(classes.tolist()) <= {0.0}
+
+
+def test_affine_boxes_follow_the_warped_pixels():
+    """Each kept box is the box around its object's pixels after the warp (cv2 moves the pixels,
+    ``warp_boxes`` the corners): scale, translation and shear, mosaic canvas and single image."""
+    config = AugmentConfig(mosaic=1, hsv_h=0, hsv_s=0, hsv_v=0, brightness_contrast=0, blur=0,
+                           scale=0.5, translate=0.2, shear=5.0)
+    for seed, canvas in itertools.product(range(6), (64, 128)):
+        image = np.zeros((canvas, canvas, 3), dtype=np.uint8)
+        box = np.array([[canvas * 0.3, canvas * 0.35, canvas * 0.6, canvas * 0.7]], dtype=np.float32)
+        x1, y1, x2, y2 = box[0].astype(int)
+        image[y1:y2, x1:x2] = 255
+        out, kept, _ = Augmenter(64, config, seed=seed)(image, box, np.array([3.0]), mosaic=canvas == 128)
+        ys, xs = np.nonzero(out[..., 0] > 127)
+        if len(kept) == 0:  # dropped: what is left of it on the output is a sliver or nothing
+            assert len(xs) == 0 or (xs.ptp() <= 3 or ys.ptp() <= 3 or len(xs) < 0.1 * (x2 - x1) * (y2 - y1))
+            continue
+        pixels = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
+        np.testing.assert_allclose(kept[0], pixels, atol=2.0)  # edge pixels blend under a shrink
+
+
+def test_mosaic_without_scale_or_shift_is_the_centre_crop():
+    config = AugmentConfig(hsv_h=0, hsv_s=0, hsv_v=0, brightness_contrast=0, blur=0, scale=0, translate=0)
+    canvas = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    boxes = np.array([[40, 50, 80, 90]], dtype=np.float32)
+    out, kept, _ = Augmenter(64, config, seed=0)(canvas, boxes, np.array([1.0]), mosaic=True)
+    np.testing.assert_array_equal(out, canvas[32:96, 32:96])
+    np.testing.assert_allclose(kept, boxes - 32)
 
 
 def test_hyp_dict_reads_only_augmentation_keys():

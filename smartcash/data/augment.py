@@ -1,9 +1,11 @@
 """Training augmentation (albumentations, bbox-aware), YOLOv5-style mosaic, resize and letterbox.
 
-Boxes travel as pixel ``pascal_voc`` [x1, y1, x2, y2]. Boxes that become tiny or mostly cut off
-are dropped with YOLOv5's box_candidates rule (w, h > 2 px, >= 10 % of the area left, aspect
-< 100), expressed through albumentations' BboxParams. No horizontal flip unless asked for: it
-mirrors printed numerals.
+Boxes travel as pixel ``pascal_voc`` [x1, y1, x2, y2]. The geometry is one random affine warped
+straight to the output size (for a mosaic, YOLOv5's random_perspective with its border crop folded
+in: a quarter of the pixels an affine of the whole 2s canvas would compute); boxes that become tiny
+or mostly cut off are dropped with YOLOv5's box_candidates rule (w, h > 2 px, >= 10 % of the area
+left, aspect < 100). Colour, blur and flips then go through albumentations. No horizontal flip
+unless asked for: it mirrors printed numerals.
 """
 
 from __future__ import annotations
@@ -103,61 +105,79 @@ def mosaic_canvas(tiles: list[tuple[np.ndarray, np.ndarray]], size: int,
     return canvas, np.clip(boxes, 0, 2 * size)
 
 
-def build_pipeline(size: int, config: AugmentConfig, mosaic: bool, seed: int | None = None):
-    """The albumentations Compose: affine (crop to ``size`` after a mosaic), colour, blur, flips.
+def affine_matrix(canvas: int, size: int, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """A random affine (scale, rotation, shear, translation) about the centre of a ``canvas``
+    square, into a ``size`` square centred on it: for a mosaic (canvas 2s) this is YOLOv5's
+    random_perspective with its border crop folded in, so only the ``size`` output is computed.
 
-    Input: an image (``2 * size`` square after a mosaic, else ``size`` square), ``bboxes``
-    pascal_voc pixels and ``classes``; output: a ``size`` square image and surviving boxes.
+    Returns (2, 3) float64: output_xy = M @ [x, y, 1].
     """
+    centre = np.eye(3)
+    centre[:2, 2] = -canvas / 2  # canvas centre to the origin
+    rotate = np.eye(3)
+    angle, scale = rng.uniform(-config.degrees, config.degrees), rng.uniform(1 - config.scale, 1 + config.scale)
+    rotate[:2] = cv2.getRotationMatrix2D(angle=angle, center=(0, 0), scale=scale)
+    shear = np.eye(3)
+    shear[0, 1], shear[1, 0] = (np.tan(np.radians(rng.uniform(-config.shear, config.shear))) for _ in range(2))
+    shift = np.eye(3)
+    shift[:2, 2] = size / 2 + rng.uniform(-config.translate, config.translate, size=2) * size
+    return (shift @ shear @ rotate @ centre)[:2]
+
+
+def warp_boxes(boxes: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (n, 4) xyxy through ``matrix``, as the box around their moved corners, clipped to the
+    ``size`` square; -> (boxes, keep) with keep = YOLOv5's box_candidates (w, h > 2 px, >= 10 % of
+    the moved box's area left after clipping, aspect < 100)."""
+    corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)  # (4n, 2) the four corners
+    moved = (corners @ matrix[:, :2].T + matrix[:, 2]).reshape(-1, 8)
+    xs, ys = moved[:, 0::2], moved[:, 1::2]
+    unclipped = np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)  # (n, 4)
+    clipped = unclipped.clip(0, size)
+    width, height = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+    area_before = (unclipped[:, 2] - unclipped[:, 0]) * (unclipped[:, 3] - unclipped[:, 1])
+    aspect = np.maximum(width / (height + 1e-16), height / (width + 1e-16))
+    keep = (width > 2) & (height > 2) & (width * height >= 0.1 * area_before) & (aspect < 100)
+    return clipped.astype(np.float32), keep
+
+
+def build_pipeline(config: AugmentConfig, seed: int | None = None):
+    """The albumentations Compose after the geometry: colour, blur, flips (bbox-aware: a flip moves
+    the boxes). The affine is ``affine_matrix`` + one ``cv2.warpAffine`` straight to the output size."""
     import albumentations as A  # lazy: only training imports it
 
-    canvas = 2 * size if mosaic else size
-    # The affine centre is the canvas centre, so a shift of `translate * size` is a fraction of it.
-    translate = config.translate * size / canvas
     transforms: list[Any] = [
-        A.Affine(scale=(1 - config.scale, 1 + config.scale), translate_percent=(-translate, translate),
-                 rotate=(-config.degrees, config.degrees), shear=(-config.shear, config.shear),
-                 interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT,
-                 fill=(PAD_VALUE,) * 3, p=1.0),
-    ]
-    if mosaic:
-        transforms.append(A.CenterCrop(size, size, p=1.0))
-    transforms += [
         A.ColorJitter(brightness=config.hsv_v, contrast=0.0, saturation=config.hsv_s, hue=config.hsv_h,
                       p=1.0),
         A.RandomBrightnessContrast(p=config.brightness_contrast),
         A.Blur(blur_limit=(3, 5), p=config.blur),
     ]
-    if config.fliplr > 0:
-        transforms.append(A.HorizontalFlip(p=config.fliplr))
-    if config.flipud > 0:
-        transforms.append(A.VerticalFlip(p=config.flipud))
-    # YOLOv5 box_candidates: w, h > 2 px, area kept >= 10 %, aspect ratio < 100.
-    boxes = A.BboxParams(format="pascal_voc", label_fields=["classes"], min_width=2, min_height=2,
-                         min_visibility=0.1, max_accept_ratio=100, clip=True)
-    return A.Compose(transforms, bbox_params=boxes, seed=seed)
+    flips = [flip(p=chance) for flip, chance in ((A.HorizontalFlip, config.fliplr), (A.VerticalFlip, config.flipud))
+             if chance > 0]
+    if not flips:  # colour only: the boxes stay where the affine put them
+        return A.Compose(transforms, seed=seed)
+    boxes = A.BboxParams(format="pascal_voc", label_fields=["classes"], clip=True)
+    return A.Compose(transforms + flips, bbox_params=boxes, seed=seed)
 
 
 class Augmenter:
-    """Both pipelines (single image and mosaic) and the random state that picks between them."""
+    """The geometry (one affine straight to the output size), the colour pipeline, and the random
+    state that picks between mosaic and single images."""
 
     def __init__(self, size: int, config: AugmentConfig | None = None, seed: int = 0):
         self.size = size
         self.config = config or AugmentConfig()
-        self.single = build_pipeline(size, self.config, mosaic=False)
-        self.mosaic = build_pipeline(size, self.config, mosaic=True)
+        self.pipeline = build_pipeline(self.config)
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
         """Restart every random stream from ``seed`` (one stream for a run of samples)."""
         self.rng = np.random.default_rng(seed)
-        self.single.set_random_seed(seed)
-        self.mosaic.set_random_seed(seed + 1)
+        self.pipeline.set_random_seed(seed)
         self._sample_seed: int | None = None
 
     def begin_sample(self, seed: int) -> None:
-        """Seed one sample's draws from ``seed`` alone (``sampling.sample_seed``); only the pipeline
-        the sample uses is re-seeded, when it is used (each costs ~0.1 ms to re-seed)."""
+        """Seed one sample's draws from ``seed`` alone (``sampling.sample_seed``); the colour
+        pipeline is re-seeded when the sample reaches it."""
         self.rng = np.random.default_rng(seed)
         self._sample_seed = seed
 
@@ -166,13 +186,17 @@ class Augmenter:
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
                  mosaic: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """-> (image (size, size, 3) uint8, boxes (n, 4) xyxy px, classes (n,))."""
-        pipeline = self.mosaic if mosaic else self.single
+        """``image``: a 2s mosaic canvas or an s square -> (image (s, s, 3) uint8, boxes (n, 4) xyxy px,
+        classes (n,))."""
+        matrix = affine_matrix(image.shape[0], self.size, self.config, self.rng)
+        warped = cv2.warpAffine(image, matrix, (self.size, self.size), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=(PAD_VALUE,) * 3)
+        boxes, keep = warp_boxes(boxes.reshape(-1, 4).astype(np.float64), matrix, self.size)
         if self._sample_seed is not None:
-            pipeline.set_random_seed(self._sample_seed + int(mosaic))
-        boxes = boxes.reshape(-1, 4)
-        # Boxes cut away by the mosaic tiling are flat after clipping; albumentations rejects them.
-        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-        out = pipeline(image=image, bboxes=boxes[keep], classes=classes.reshape(-1)[keep])
+            self.pipeline.set_random_seed(self._sample_seed)
+        boxes, classes = boxes[keep], classes.reshape(-1)[keep]
+        if "bboxes" not in self.pipeline.processors:  # no flip: colour only
+            return self.pipeline(image=warped)["image"], boxes, classes.astype(np.float32)
+        out = self.pipeline(image=warped, bboxes=boxes, classes=classes)
         kept = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         return out["image"], kept, np.asarray(out["classes"], dtype=np.float32).reshape(-1)
