@@ -94,7 +94,9 @@ def epoch_summary(seconds: list[float], images: int) -> dict[str, Any]:
 def run_smartcash(data_yaml: Path, train_images: int, device: str, phase: int, epochs: int, project: Path,
                   name: str = "bench", threads: int | None = None, recipe: str = "finetune") -> dict[str, Any]:
     """``python -m smartcash.train`` in this process; epoch times from its results.csv.
-    ``threads``: torch CPU threads for this run (default: as they are, torch's default = cores)."""
+    ``threads``: its ``--threads`` (default: torch's thread count here). The trainer sets torch's
+    threads from that flag (its default is one per core), so calling ``torch.set_num_threads``
+    before it would not reach the training; the count reported is the one torch had when it ended."""
     from smartcash import train
 
     overrides = project / "bench-config.yaml"
@@ -103,14 +105,13 @@ def run_smartcash(data_yaml: Path, train_images: int, device: str, phase: int, e
             "--batch", str(BATCH), "--workers", str(WORKERS), "--epochs", str(epochs), "--device", device,
             "--project", str(project), "--name", name, "--patience", "0", "--seed", "0",
             "--recipe", recipe,  # finetune: phase 1 frozen, as the freeze=10 peer (auto would pick scratch)
-            "--config", str(overrides)]
+            "--threads", str(threads or torch.get_num_threads()), "--config", str(overrides)]
     saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or saved_threads)
-    threads = torch.get_num_threads()
     start = time.perf_counter()
     try:
         with contextlib.redirect_stdout(sys.stderr):  # its "phase 1 done" line: keep stdout for the tables
             code = train.main(argv)
+        threads = torch.get_num_threads()  # what the trainer trained with
     finally:
         torch.set_num_threads(saved_threads)
     wall = time.perf_counter() - start

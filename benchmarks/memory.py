@@ -5,7 +5,8 @@
 GiB resident, which a sampler on a 2-core machine must not spend 5 times a second):
 - the process's own ``VmHWM`` (/proc/PID/status): the kernel's high-water mark of its resident set,
   exact (not sampled) up to the last sample; the process may add to it after that, so a training
-  child also reports its own ``getrusage(RUSAGE_SELF).ru_maxrss`` at its end (bench_training's ``peak_rss_main_mib``);
+  child also reports its own ``getrusage(RUSAGE_SELF).ru_maxrss`` at its end (``own_peak_rss_mib``;
+  bench_training's ``peak_rss_main_mib`` is the larger of the two);
 - its descendants (the loader workers; found by parent pid in /proc/*/stat, since
   /proc/PID/task/*/children needs a kernel option that not every kernel has), and for each sample:
   the sum of the descendants' ``VmRSS``, the sum of ``VmRSS`` over the whole tree, and the sum of

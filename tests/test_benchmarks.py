@@ -187,6 +187,7 @@ def _check_training_results(path, ultralytics):
     smartcash = {tool["phase"]: tool for name, tool in tools.items() if name.startswith("smartcash")}
     assert sorted(smartcash) == [1, 2] and smartcash[1]["recipe"] == smartcash[2]["recipe"] == "finetune"
     assert smartcash[1]["workers"] == smartcash[2]["workers"] == bench_training.WORKERS
+    assert all(tool["threads"] == 1 for tool in tools.values())  # --threads 1 reached every trainer
     assert set(results["memory"]) >= set(MEMORY_KEYS)
     for name, tool in tools.items():
         assert len(tool["epoch_seconds"]) == 2 and tool["images_per_s"] > 0
