@@ -1,7 +1,8 @@
 """The benchmark harness's own logic (no timing here): the extractor's loop baseline agrees with the
 vectorized extractor, the install benchmark finds the README command, the dataset tree both
-tools read keeps every image and label, and the learning benchmark's clock and curve arithmetic
-(with a --quick smoke run: SmartCash alone by default, against ultralytics under `slow`)."""
+tools read keeps every image and label, the learning benchmark's clock and curve arithmetic
+(with a --quick smoke run: SmartCash alone by default, against ultralytics under `slow`), and the
+training benchmark's memory sampler and results (phase 1 and 2 rows with their peak memory)."""
 
 import json
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import bench_extractor, bench_install, bench_learning, learning_curves, workloads
+from benchmarks import (bench_extractor, bench_install, bench_learning, bench_training, learning_curves, memory,
+                        workloads)
 
 REPO = Path(__file__).resolve().parents[1]
 VND_SUBSET = REPO / "tests" / "data" / "vnd_subset" / "data.yaml"
@@ -181,3 +183,71 @@ def test_gpu_check_script_is_valid_bash():
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin", "HOME": str(script.parent)})
     assert result.returncode != 0 and "SMARTCASH_VND_DATA" in result.stderr  # says what it needs first
+
+
+ALLOCATE_200_MIB = "import numpy, time; block = numpy.ones(200 * 2**20 // 8); time.sleep(1.5)"  # written: resident
+
+
+def _sampled(code):
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    with memory.TreeMemorySampler(process.pid, interval=0.1, pss_interval=0.1) as sampler:
+        assert process.wait(timeout=120) == 0
+    return sampler.summary()
+
+
+@pytest.mark.skipif(not memory.available(), reason="reads /proc (Linux)")
+def test_memory_sampler_sees_a_child_and_its_workers():
+    alone = _sampled(ALLOCATE_200_MIB)
+    assert alone["peak_rss_main_sampled_mib"] >= 200 and alone["peak_pss_tree_mib"] >= 200
+    assert alone["peak_rss_workers_mib"] == 0 and alone["max_processes"] == 1
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {ALLOCATE_200_MIB!r}], check=True)"
+    nested = _sampled(parent)
+    assert nested["peak_rss_main_sampled_mib"] < 100  # the allocation is in its child, a "worker"
+    assert nested["peak_rss_workers_mib"] >= 200 and nested["peak_pss_tree_mib"] >= 200
+    assert nested["peak_rss_tree_mib"] >= nested["peak_rss_workers_mib"] and nested["max_processes"] == 2
+
+
+MEMORY_KEYS = ("peak_rss_main_mib", "peak_rss_workers_mib", "peak_rss_tree_mib", "peak_pss_tree_mib")
+
+
+def _check_training_results(path, ultralytics):
+    results = json.loads(path.read_text())
+    (device,) = results["devices"]
+    tools = device["tools"]
+    smartcash = {tool["phase"]: tool for name, tool in tools.items() if name.startswith("smartcash")}
+    assert sorted(smartcash) == [1, 2] and smartcash[1]["recipe"] == smartcash[2]["recipe"] == "finetune"
+    assert smartcash[1]["workers"] == smartcash[2]["workers"] == bench_training.WORKERS
+    assert all(tool["threads"] == 1 for tool in tools.values())  # --threads 1 reached every trainer
+    assert set(results["memory"]) >= set(MEMORY_KEYS)
+    for name, tool in tools.items():
+        assert len(tool["epoch_seconds"]) == 2 and tool["images_per_s"] > 0
+        if memory.available():
+            assert tool["peak_rss_main_mib"] > 100  # torch alone is more than that, resident
+            assert tool["peak_rss_tree_mib"] >= tool["peak_rss_main_mib"] * 0.5
+            assert 0 < tool["peak_pss_tree_mib"] <= tool["peak_rss_tree_mib"]
+            assert tool["max_processes"] >= 1 + tool["workers"]  # main + the training loader's workers
+            assert (tool["peak_rss_workers_mib"] > 0) == (tool["max_processes"] > 1)
+    peers = {tool["phase"]: tool for name, tool in tools.items() if name.startswith("ultralytics")}
+    assert sorted(peers) == ([1, 2] if ultralytics else [])
+    if ultralytics:
+        assert peers[1]["freeze"] == bench_training.BACKBONE_LAYERS and peers[2]["freeze"] is None
+        ratio = peers[2]["median_epoch_s"] / smartcash[2]["median_epoch_s"]
+        assert peers[2]["ratio_to_smartcash"] == pytest.approx(ratio)
+    return results
+
+
+def test_training_quick_smartcash_side_reports_both_phases_and_memory(tmp_path, capsys):
+    out = tmp_path / "training.json"
+    assert bench_training.main(["--quick", "--skip-ultralytics", "--threads", "1", "--train-images", "8",
+                                "--val-images", "4", "--out", str(out)]) == 0
+    _check_training_results(out, ultralytics=False)
+    table = capsys.readouterr().out
+    assert "peak RSS main MiB" in table and "smartcash phase 2 (all layers, recipe finetune)" in table
+
+
+@pytest.mark.slow
+def test_training_quick_against_ultralytics(tmp_path):
+    out = tmp_path / "training.json"
+    assert bench_training.main(["--quick", "--threads", "1", "--train-images", "8", "--val-images", "4",
+                                "--out", str(out)]) == 0
+    _check_training_results(out, ultralytics=True)
