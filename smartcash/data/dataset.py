@@ -137,6 +137,7 @@ class YoloDataset(Dataset):
         #: Each image decoded (reduced) and resized to long side imgsz: where every training sample starts.
         self.images = open_image_cache(cache, self.paths, self.shapes, self.imgsz)
         self.augmenter = Augmenter(self.imgsz, AugmentConfig.from_hyp(hyp), seed) if augment else None
+        self._canvas: np.ndarray | None = None  # the mosaic canvas, allocated once per process
         #: For plain integer indices: False augments single images only. Training indexes with
         #: ``SampleKey`` instead, which carries the flag into persistent workers (sampling.py).
         self.mosaic_enabled = True
@@ -162,7 +163,9 @@ class YoloDataset(Dataset):
             others = self.augmenter.rng.integers(0, len(self), size=3)
             indices = [index, *others.tolist()]
             tiles = [self._resized(i) for i in indices]
-            canvas, boxes = mosaic_canvas([(t[0], t[1]) for t in tiles], self.imgsz, self.augmenter.rng)
+            canvas, boxes = mosaic_canvas([(t[0], t[1]) for t in tiles], self.imgsz, self.augmenter.rng,
+                                          out=self._canvas)
+            self._canvas = canvas  # this process's buffer for the next mosaic (each worker has its own)
             classes = np.concatenate([self.labels[i][:, 0] for i in indices])
             image, boxes, classes = self.augmenter(canvas, boxes, classes, mosaic=True)
             return image, boxes, classes, tiles[0][2], (0.0, 0.0, 0.0)
