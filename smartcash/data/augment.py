@@ -33,6 +33,7 @@ class AugmentConfig:
     degrees: float = 0.0
     translate: float = 0.1  # fraction of imgsz
     scale: float = 0.5  # zoom range 1 +- scale
+    keep_ratio: bool = False  # False: x and y zooms drawn apart (albumentations' Affine default, used so far); True: one zoom (YOLOv5)
     shear: float = 0.0
     fliplr: float = 0.0  # off: a mirrored note shows mirrored numerals
     flipud: float = 0.0
@@ -43,7 +44,7 @@ class AugmentConfig:
         if hyp is None or isinstance(hyp, AugmentConfig):
             return hyp or cls()
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: float(v) for k, v in hyp.items() if k in names})
+        return cls(**{k: (bool(v) if k == "keep_ratio" else float(v)) for k, v in hyp.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def mosaic_canvas(tiles: list[tuple[np.ndarray, np.ndarray]], size: int, rng: np
 
 
 def affine_matrix(canvas: int, size: int, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """A random affine (scale, rotation, shear, translation) about the centre of a ``canvas``
+    """A random affine (zoom, rotation, shear, translation) about the centre of a ``canvas``
     square, into a ``size`` square centred on it: for a mosaic (canvas 2s) this is YOLOv5's
     random_perspective with its border crop folded in, so only the ``size`` output is computed.
 
@@ -119,14 +120,16 @@ def affine_matrix(canvas: int, size: int, config: AugmentConfig, rng: np.random.
     """
     centre = np.eye(3)
     centre[:2, 2] = -canvas / 2  # canvas centre to the origin
+    zoom = np.eye(3)
+    zoom_x = rng.uniform(1 - config.scale, 1 + config.scale)
+    zoom[0, 0], zoom[1, 1] = zoom_x, zoom_x if config.keep_ratio else rng.uniform(1 - config.scale, 1 + config.scale)
     rotate = np.eye(3)
-    angle, scale = rng.uniform(-config.degrees, config.degrees), rng.uniform(1 - config.scale, 1 + config.scale)
-    rotate[:2] = cv2.getRotationMatrix2D(angle=angle, center=(0, 0), scale=scale)
+    rotate[:2] = cv2.getRotationMatrix2D(angle=rng.uniform(-config.degrees, config.degrees), center=(0, 0), scale=1.0)
     shear = np.eye(3)
     shear[0, 1], shear[1, 0] = (np.tan(np.radians(rng.uniform(-config.shear, config.shear))) for _ in range(2))
     shift = np.eye(3)
     shift[:2, 2] = size / 2 + rng.uniform(-config.translate, config.translate, size=2) * size
-    return (shift @ shear @ rotate @ centre)[:2]
+    return (shift @ shear @ rotate @ zoom @ centre)[:2]
 
 
 def warp_boxes(boxes: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,8 +196,14 @@ class Augmenter:
                  mosaic: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``image``: a 2s mosaic canvas or an s square -> (image (s, s, 3) uint8, boxes (n, 4) xyxy px,
         classes (n,))."""
-        matrix = affine_matrix(image.shape[0], self.size, self.config, self.rng)
-        warped = cv2.warpAffine(image, matrix, (self.size, self.size), flags=cv2.INTER_LINEAR,
+        canvas = 2 * self.size if mosaic else self.size
+        if image.shape[:2] != (canvas, canvas):
+            raise ValueError(f"expected a {canvas} x {canvas} {'mosaic canvas' if mosaic else 'image'}, got {image.shape[:2]}")
+        matrix = affine_matrix(canvas, self.size, self.config, self.rng)
+        # Boxes live on pixel edges, cv2 samples pixel centres: x_c' = M (x_c + 0.5) - 0.5.
+        pixels = matrix.copy()
+        pixels[:, 2] += matrix[:, :2] @ (0.5, 0.5) - 0.5
+        warped = cv2.warpAffine(image, pixels, (self.size, self.size), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=(PAD_VALUE,) * 3)
         boxes, keep = warp_boxes(boxes.reshape(-1, 4).astype(np.float64), matrix, self.size)
         if self._sample_seed is not None:
