@@ -40,7 +40,7 @@ validation loader workers) are sampled from /proc every 0.2 s (PSS every 2 s) wh
 (startup, training, validation: the whole run, not only the timed epochs), from a thread of this
 process that costs about 3% of one core. Reported in MiB:
 - ``peak_rss_main_mib``: the training process's own peak resident set (kernel high-water mark,
-  ``getrusage`` ``ru_maxrss`` at its end, exact), workers not included;
+  ``VmHWM`` at its end, exact), workers not included;
 - ``peak_rss_workers_mib``: the peak of the sum of its descendants' resident sets (sampled);
 - ``peak_pss_tree_mib``: the peak of the sum of proportional set sizes over main process +
   workers (sampled every 2 s; a page the forked workers share with the main process counts once):
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": epochs, "recipe": args.recipe, "memory": {
             "sample_interval_s": SAMPLE_INTERVAL_S, "pss_sample_interval_s": PSS_INTERVAL_S,
             "scope": "the whole run of each child process (startup, training, validation)",
-            "peak_rss_main_mib": "the training process's own peak RSS (ru_maxrss, exact), workers not included",
+            "peak_rss_main_mib": "the training process's own peak RSS (its VmHWM, exact), workers not included",
             "peak_rss_workers_mib": "peak of the sum of its descendants' RSS (loader workers), sampled",
             "peak_rss_tree_mib": "peak of the sum of RSS over main + workers, sampled (shared pages once a process)",
             "peak_pss_tree_mib": "peak of the sum of PSS over main + workers, sampled (shared pages once)"},

@@ -16,7 +16,9 @@ python="${PYTHON:-python}"
 export SMARTCASH_BENCH_RESULTS="$out" YOLO_OFFLINE=1
 mkdir -p "$out"
 start=$(date +%s)
-"$python" -m benchmarks --device "$device" --only map,extractor,validation,loader,training ${GPU_CHECK_SUITE_FLAGS:-}
+suite_rc=0  # a failing benchmark must not cost the training runs and the table: report it at the end
+"$python" -m benchmarks --device "$device" --only map,extractor,validation,loader,training ${GPU_CHECK_SUITE_FLAGS:-} \
+  || suite_rc=$?
 suite=$(( $(date +%s) - start ))
 train=("$python" -m smartcash.train --data "$vnd" --imgsz "${GPU_CHECK_IMGSZ:-640}" --epochs "${GPU_CHECK_EPOCHS:-2}"
        --device "$device" --cache ram --project "$out/runs" --name vnd --patience 0)
@@ -26,3 +28,5 @@ rm -rf "$out/runs/train/vnd"
 echo
 echo "suite: ${suite} s; all: $(( $(date +%s) - start )) s"
 "$python" -m benchmarks.summary_table "$out" --runs "$out/runs"
+if [ "$suite_rc" -ne 0 ]; then echo "a benchmark of the suite failed (exit $suite_rc): see above" >&2; fi
+exit "$suite_rc"

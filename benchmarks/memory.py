@@ -5,8 +5,9 @@
 GiB resident, which a sampler on a 2-core machine must not spend 5 times a second):
 - the process's own ``VmHWM`` (/proc/PID/status): the kernel's high-water mark of its resident set,
   exact (not sampled) up to the last sample; the process may add to it after that, so a training
-  child also reports its own ``getrusage(RUSAGE_SELF).ru_maxrss`` at its end (``own_peak_rss_mib``;
-  bench_training's ``peak_rss_main_mib`` is the larger of the two);
+  child also reports its own ``VmHWM`` at its end (``own_peak_rss_mib``; bench_training's
+  ``peak_rss_main_mib`` is the larger of the two). Not ``ru_maxrss``: Linux carries it over fork
+  and exec, so a child would report at least its parent's peak;
 - its descendants (the loader workers; found by parent pid in /proc/*/stat, since
   /proc/PID/task/*/children needs a kernel option that not every kernel has), and for each sample:
   the sum of the descendants' ``VmRSS``, the sum of ``VmRSS`` over the whole tree, and the sum of
@@ -151,10 +152,6 @@ class TreeMemorySampler:
 
 
 def own_peak_rss_mib() -> float | None:
-    """This process's peak resident set (``ru_maxrss``: KiB on Linux) in MiB; None where unknown."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / KIB_PER_MIB if os.uname().sysname == "Linux" else peak / 2**20  # macOS: bytes
+    """This process's peak resident set (``VmHWM``) in MiB; None without /proc."""
+    peak = status_kib(os.getpid()).get("VmHWM")
+    return None if peak is None else peak / KIB_PER_MIB

@@ -4,8 +4,8 @@
 
 Every ``*.json`` the suite wrote: per device, each tool's images/s (or median seconds) and its time
 relative to SmartCash's (``ratio_to_smartcash``: above 1 = slower than SmartCash). With ``--runs``,
-each ``train/NAME/phaseN/results.csv`` below it adds its mean epoch images/s, last epoch's mAP50 /
-mAP50-95 and its training wall time.
+each ``train/NAME/phaseN/results.csv`` below it adds its mean training seconds per epoch (the first,
+warm-up epoch included) and its last epoch's mAP50 / mAP50-95.
 """
 
 from __future__ import annotations

@@ -251,3 +251,14 @@ def test_training_quick_against_ultralytics(tmp_path):
     assert bench_training.main(["--quick", "--threads", "1", "--train-images", "8", "--val-images", "4",
                                 "--out", str(out)]) == 0
     _check_training_results(out, ultralytics=True)
+
+
+def test_own_peak_rss_is_the_childs_not_its_parents():
+    """ru_maxrss would carry the parent's peak over fork + exec; VmHWM is the child's own."""
+    import numpy as np
+
+    ballast = np.ones(300 * 2**20, dtype=np.uint8)  # this process: 300 MiB more, resident
+    out = subprocess.run([sys.executable, "-c", "from benchmarks.memory import own_peak_rss_mib; "
+                          "print(own_peak_rss_mib())"], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert ballast.sum() > 0 and float(out.stdout) < 100

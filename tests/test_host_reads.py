@@ -97,3 +97,23 @@ def test_validation_loop_reads_the_host_once_per_interval(data_yaml) -> None:
     assert result.metrics.num_batches == 4
     line, count = reads.most()
     assert count <= 2, f"{line} read the host {count} times in 4 batches"
+
+
+def test_an_interrupt_after_an_unread_non_finite_loss_keeps_last_pt(tmp_path, data_yaml, monkeypatch) -> None:
+    """On an accelerator a NaN is read every few batches: Ctrl-C in between must not save its weights."""
+    monkeypatch.setattr(trainer_module, "host_read_interval", lambda device: 100)
+    monkeypatch.setattr(trainer_module, "HOST_READ_INTERVAL", 100)
+    original = trainer_module.optimization_step
+
+    def poisoned_then_interrupted(model, images, *args, where, **kwargs):
+        if where == (1, 1):  # epoch 1, batch 1: NaN pixels, a NaN loss nobody reads yet ...
+            images = images * float("nan")
+        if where == (1, 3):  # ... then Ctrl-C two batches later
+            raise KeyboardInterrupt
+        return original(model, images, *args, where=where, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "optimization_step", poisoned_then_interrupted)
+    assert train_tiny(tmp_path, data_yaml, "--epochs", "2", "--name", "cut", batch=1) == 130
+    last = torch.load(tmp_path / "runs/train/cut/phase1/weights/last.pt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 0 and not last["interrupted"]  # epoch 0's good checkpoint, untouched
+    assert all(torch.isfinite(value).all() for value in last["model"].values() if value.is_floating_point())

@@ -140,3 +140,16 @@ def test_disk_cache_goes_to_the_smartcash_cache_when_the_folder_is_read_only(odd
 def test_validation_split_is_never_cached(odd):
     dataset = YoloDataset(load_dataset_config(odd), "train", 64, augment=False, cache="disk")
     assert dataset.images.mode == "none" and not list((odd.parent / "images").glob("*.npy"))
+
+
+def test_disk_cache_pickles_for_spawned_workers(tmp_path):
+    import pickle
+
+    from smartcash.data.synthetic import ensure_synthetic_dataset
+    from smartcash.data.dataset_config import load_dataset_config
+    from smartcash.data.dataset import YoloDataset
+
+    config = load_dataset_config(ensure_synthetic_dataset(root=tmp_path, num_train=4, num_val=2, imgsz=64))
+    dataset = YoloDataset(config, "train", 64, augment=True, cache="disk")
+    copy = pickle.loads(pickle.dumps(dataset.images))
+    assert np.array_equal(copy.get(0).image, dataset.images.get(0).image)

@@ -67,6 +67,18 @@ def test_sigterm_goes_to_the_handler_that_was_installed(monkeypatch) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_a_process_forked_in_the_block_keeps_the_previous_handler() -> None:
+    """Loader workers forked during validation: SIGTERM kills them the default way, as before."""
+    with deferred_interrupts():
+        child = os.fork()
+        if child == 0:  # the worker
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            os._exit(0)  # reached only if the signal was swallowed
+        _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
 def test_no_signal_no_interrupt() -> None:
     with deferred_interrupts() as stop:
         pass

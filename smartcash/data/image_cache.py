@@ -69,13 +69,27 @@ def resized_bytes(shapes: np.ndarray, imgsz: int) -> int:
     return int((sides[:, 0] * sides[:, 1] * 3).sum())
 
 
+def _cgroup_room() -> int | None:
+    """Bytes left under this process's cgroup v2 memory limit (a container's); None when unlimited."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
 def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux MemAvailable, else free pages); None if unknown."""
+    """Bytes of memory available to new allocations (Linux MemAvailable, capped by a container's
+    cgroup limit; else free pages); None if unknown."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # kB
+                    available = int(line.split()[1]) * 1024  # kB
+                    room = _cgroup_room()
+                    return available if room is None else min(available, room)
     except (OSError, ValueError, IndexError):
         pass  # no /proc (macOS, BSD): sysconf below
     try:
@@ -148,6 +162,16 @@ class DiskImages(ImageSource):
                     len(paths), imgsz, sum(written), len(paths) - sum(written),
                     resized_bytes(shapes, imgsz) / _GB, time.perf_counter() - started,
                     folders[0] if len(folders) == 1 else f"{len(folders)} folders")
+
+    def __getstate__(self) -> dict:
+        """Picklable for workers that are spawned instead of forked (macOS, Python 3.14+): no lock."""
+        state = dict(self.__dict__)
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def cache_path(self, index: int) -> Path:
         """``<image>.<imgsz>.npy`` beside the image, or under ``$SMARTCASH_CACHE/images`` when read-only."""

@@ -11,6 +11,7 @@ shut down by its own loop. A second signal does not wait: it goes to that handle
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -39,8 +40,13 @@ def deferred_interrupts() -> Iterator[threading.Event]:
     previous = {signum: signal.getsignal(signum) for signum in _SIGNALS
                 if signal.getsignal(signum) not in (signal.SIG_IGN, None)}
     received: list[int] = []
+    owner = os.getpid()
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:  # a loader worker forked in the block: behave as before it
+            _restore(previous)
+            signal.raise_signal(signum)
+            return
         if received:  # the second one: stop now, as if this block were not here
             _restore(previous)
             signal.raise_signal(signum)

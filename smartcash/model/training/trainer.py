@@ -139,7 +139,9 @@ class Trainer:
         self.device = device
         self.amp = config.amp and device.type == "cuda"  # AMP on CUDA only
         # bfloat16 has float32's range: no loss scaling, so no GradScaler host sync per step.
-        self.amp_dtype = (torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16)
+        # Native bfloat16 only (compute capability 8.0+): an emulated one is slower than float16.
+        self.amp_dtype = (torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported(including_emulation=False)
+                          else torch.float16)
         # NHWC lets AMP convolutions run on tensor cores without layout transposes.
         self.channels_last = self.amp
         if config.threads:
@@ -153,6 +155,7 @@ class Trainer:
         self.train_loader: DataLoader  # before_train, from here on
         self.val_loader: DataLoader | None
         self.reports = RunReports.off()  # rank 0: pictures and trackers (before_train)
+        self.watch: NonFiniteWatch | None = None  # the current epoch's (train_one_epoch)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
@@ -169,9 +172,13 @@ class Trainer:
                         break
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (train.py turns it into a KeyboardInterrupt)
                 if self.dist.is_main:
-                    self._save_checkpoints(improved=False, interrupted=True)
+                    if self._weights_finite():
+                        self._save_checkpoints(improved=False, interrupted=True)
+                        logger.warning("interrupted: saved %s; continue with --resume", self.weights_dir / "last.pt")
+                    else:  # a non-finite loss not yet read (accelerator): keep the last good last.pt
+                        logger.warning("interrupted after a non-finite loss: %s kept as it was",
+                                       self.weights_dir / "last.pt")
                     self.records.flush()
-                    logger.warning("interrupted: saved %s; continue with --resume", self.weights_dir / "last.pt")
                     self.reports.run_ended(KILLED)
                 raise
             except BaseException:
@@ -275,7 +282,7 @@ class Trainer:
         schedule = self.phase_setup.schedule
         last_step = epoch * batches - 1  # gradients never accumulate across an epoch boundary
         read_every = host_read_interval(self.device)
-        watch = NonFiniteWatch(self.device)
+        watch = self.watch = NonFiniteWatch(self.device)  # also read on an interrupt (_weights_finite)
         for index, batch in enumerate(progress):
             iteration = epoch * batches + index
             schedule.apply(self.optimizer, iteration, epoch)
@@ -381,6 +388,10 @@ class Trainer:
         return self.validator.run(self.ema.module, self.val_loader, self.device,
                                   keep_sample=self.reports.wants_validation_sample,
                                   progress_callback=ValidationHeartbeat(epoch), stop=stop_request)
+
+    def _weights_finite(self) -> bool:
+        """No non-finite loss this epoch (one host read): the live weights are worth saving."""
+        return self.watch is None or float(self.watch.first_bad) < 0
 
     def _save_checkpoints(self, improved: bool, interrupted: bool) -> None:
         """``last.pt`` always, ``best.pt`` on improvement: one serialisation, two atomic writes."""

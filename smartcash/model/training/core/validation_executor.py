@@ -250,6 +250,7 @@ class ValidationExecutor:
                     bar.set_postfix(loss=f"{running:.4f}", refresh=False)
                     if progress_callback is not None:
                         progress_callback(index, num_batches, running)
+                # A loader of unknown length: a stop after its last batch still reads as partial.
                 if index % self.stop_check_interval == 0 and not last and _stop_requested(stop):
                     logger.warning("validation stopped on request after %d of %s batches", index,
                                    num_batches or "?")
