@@ -170,6 +170,7 @@ def test_zoom_keeps_the_aspect_only_when_asked():
         ratios[keep_ratio] = np.array([m[0, 0] / m[1, 1] for m in matrices])
     np.testing.assert_allclose(ratios[True], 1.0)
     assert ratios[False].min() < 0.6 and ratios[False].max() > 1.6  # x and y zooms apart (as albumentations did)
+    assert AugmentConfig().keep_ratio  # the default: a note keeps its shape
 
 
 def test_mosaic_without_scale_or_shift_is_the_centre_crop():
