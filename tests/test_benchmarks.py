@@ -5,6 +5,7 @@ tools read keeps every image and label, the learning benchmark's clock and curve
 training benchmark's memory sampler and results (phase 1 and 2 rows with their peak memory)."""
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -238,8 +239,13 @@ def _check_training_results(path, ultralytics):
 
 def test_training_quick_smartcash_side_reports_both_phases_and_memory(tmp_path, capsys):
     out = tmp_path / "training.json"
-    assert bench_training.main(["--quick", "--skip-ultralytics", "--threads", "1", "--train-images", "8",
-                                "--val-images", "4", "--out", str(out)]) == 0
+    library = logging.getLogger("smartcash")
+    level = library.level
+    try:
+        assert bench_training.main(["--quick", "--skip-ultralytics", "--threads", "1", "--train-images", "8",
+                                    "--val-images", "4", "--out", str(out)]) == 0
+    finally:  # main quiets the library's logger, as a CLI may: not for the tests after this one
+        library.setLevel(level)
     _check_training_results(out, ultralytics=False)
     table = capsys.readouterr().out
     assert "peak RSS main MiB" in table and "smartcash phase 2 (all layers, recipe finetune)" in table
