@@ -54,8 +54,7 @@ def test_vnd_subset_end_to_end_through_the_loader(vnd):
     assert [len(b.paths) for b in batches] == [4, 4]
     batch = batches[0]
     assert isinstance(batch, Batch)
-    assert batch.images.shape == (4, 3, 320, 320) and batch.images.dtype == torch.float32
-    assert 0 <= batch.images.min() and batch.images.max() <= 1
+    assert batch.images.shape == (4, 3, 320, 320) and batch.images.dtype == torch.uint8
     assert batch.targets.shape[1] == 6 and set(batch.targets[:, 0].tolist()) <= {0, 1, 2, 3}
     assert (batch.targets[:, 2:] >= 0).all() and (batch.targets[:, 2:4] <= 1).all()
     boxes = _pixel_boxes(batch.targets[:, 1:], 320)
@@ -70,8 +69,11 @@ def test_vnd_subset_end_to_end_through_the_loader(vnd):
         recovered = (mine - [pad_x, pad_y, pad_x, pad_y]) / scale
         expected = _pixel_boxes(torch.from_numpy(source), 1) * [width, height, width, height]
         np.testing.assert_allclose(recovered, expected, atol=1.0)
-    moved = batch.to("cpu")
+    moved = batch.to("cpu")  # the model's input: float32 pixels / 255
     assert moved.images.shape == batch.images.shape and moved.paths == batch.paths
+    assert moved.images.dtype == torch.float32
+    torch.testing.assert_close(moved.images * 255, batch.images.float(), rtol=0, atol=1e-4)
+    assert moved.to("cpu").images.dtype == torch.float32  # moving a moved batch keeps it
 
 
 def test_letterbox_pads_non_square_images_and_maps_classes(wide):
@@ -80,7 +82,7 @@ def test_letterbox_pads_non_square_images_and_maps_classes(wide):
     batch = collate_batch([dataset[0], dataset[1]])
     assert batch.letterbox[0].tolist() == pytest.approx([0.64, 0.0, 25.0])  # 200x120 -> 128x77, pad top 25
     assert batch.letterbox[1].tolist() == pytest.approx([128 / 150, 25.0, 0.0])
-    assert batch.images[0, :, 0, 64].mul(255).round().tolist() == [114] * 3  # grey padding
+    assert batch.images[0, :, 0, 64].tolist() == [114] * 3  # grey padding
     targets = batch.targets
     assert targets[:, 1].tolist() == [0.0, 16.0]  # id 1 "001" -> 1000_whole, id 0 "l3_sign" -> special_sign
     recovered = (_pixel_boxes(targets[:, 1:], 128) - [0, 25, 0, 25]) / 0.64

@@ -144,6 +144,7 @@ def test_predict_matches_prediction_processor(checkpoint, images, tmp_path) -> N
     compared = 0
     with torch.no_grad():
         for batch in loader:
+            batch = batch.to("cpu")
             detections = processor.postprocess(model.eval()(batch.images)[0], batch.letterbox, batch.original_shapes)
             for path, reference in zip(batch.paths, detections.per_image()):
                 rows = predicted[Path(path).name]

@@ -70,7 +70,9 @@ def model() -> torch.nn.Module:
 
 
 def _loader(data_yaml: Path, batch_size: int = 2):
-    return build_dataloader(load_dataset_config(data_yaml), "val", IMGSZ, batch_size, workers=0)
+    """The val batches as the model takes them (``Batch.to``: float pixels)."""
+    return [batch.to("cpu") for batch in build_dataloader(load_dataset_config(data_yaml), "val", IMGSZ,
+                                                          batch_size, workers=0)]
 
 
 def _executor(**options) -> ValidationExecutor:

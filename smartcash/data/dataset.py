@@ -34,15 +34,20 @@ STRIDE = 32  # largest detector stride: the input square is a multiple of it
 class Batch:
     """One collated batch (see docs/architecture.md)."""
 
-    images: Tensor  # (B, 3, H, W) float32 in [0, 1], RGB, letterboxed to imgsz
+    images: Tensor  # (B, 3, H, W) RGB letterboxed to imgsz: uint8 as collated, float32 in [0, 1] after to()
     targets: Tensor  # (n, 6) float32 [image_index, class, cx, cy, w, h], normalised to (W, H)
     paths: list[str]
     original_shapes: Tensor  # (B, 2) int64 [height, width] of each source image, pixels
     letterbox: Tensor  # (B, 3) float32 [scale, pad_x, pad_y]: input_xy = source_xy * scale + pad
 
     def to(self, device: torch.device | str) -> Batch:
-        """Copy of the batch with every tensor on ``device`` (non-blocking)."""
-        return Batch(self.images.to(device, non_blocking=True), self.targets.to(device, non_blocking=True),
+        """Copy of the batch with every tensor on ``device`` (non-blocking), images as the model's
+        float32 in [0, 1]. Workers collate uint8 pixels: a quarter of the bytes through shared
+        memory and over the bus, and the conversion runs where the model does (as ultralytics)."""
+        images = self.images.to(device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        return Batch(images, self.targets.to(device, non_blocking=True),
                      self.paths, self.original_shapes.to(device, non_blocking=True),
                      self.letterbox.to(device, non_blocking=True))
 
@@ -204,14 +209,16 @@ class YoloDataset(Dataset):
             classes, original, box_info = self.labels[index][:, 0], (height, width), (
                 box.scale, box.pad_x, box.pad_y)
         targets = np.concatenate([classes.reshape(-1, 1), _xyxy_to_xywhn(boxes, self.imgsz)], axis=1)
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (3, S, S)
+        # (3, S, S) view of the HWC pixels: collate's stack makes the one channel-first copy.
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         return DatasetItem(tensor, torch.from_numpy(targets.astype(np.float32)), self.paths[index],
                            (int(original[0]), int(original[1])), tuple(float(v) for v in box_info))
 
 
 def collate_batch(items: list[DatasetItem]) -> Batch:
-    """Stack items into a Batch; targets get their image index as column 0."""
-    images = torch.stack([item.image for item in items]).float().div_(255)  # (B, 3, S, S)
+    """Stack items into a Batch (uint8 images: ``Batch.to`` makes them floats); targets get their
+    image index as column 0."""
+    images = torch.stack([item.image for item in items])  # (B, 3, S, S) uint8
     targets = torch.cat([torch.cat([torch.full((len(item.targets), 1), float(i)), item.targets], dim=1)
                          for i, item in enumerate(items)]) if items else torch.zeros((0, 6))
     return Batch(images=images, targets=targets.reshape(-1, 6), paths=[item.path for item in items],

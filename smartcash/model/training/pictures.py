@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from smartcash.atomic import atomic_write_bytes
@@ -25,11 +26,13 @@ TRAIN_BATCHES = 3
 
 
 def images_uint8(images: Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8 RGB.
+    """(B, 3, H, W) uint8 (a collated batch) or float in [0, 1] -> (B, H, W, 3) uint8 RGB.
 
     numpy, not torch ops: this runs on the background thread while the training thread forks its
     loader workers, and torch's intra-op (OpenMP) threads are best kept out of that.
     """
+    if images.dtype == torch.uint8:
+        return np.ascontiguousarray(images.detach().cpu().numpy().transpose(0, 2, 3, 1))
     pixels = np.asarray(images.detach().cpu().numpy(), dtype=np.float32)
     return np.ascontiguousarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1))
 

@@ -91,7 +91,7 @@ def estimate_random_backbone_statistics(model: nn.Module, train_dataset: YoloDat
         train_dataset.reseed(config.seed)
     loader = DataLoader(Subset(train_dataset, indices), batch_size=config.batch, shuffle=False,
                         num_workers=0, collate_fn=collate_batch)
-    images = estimate_backbone_statistics(model, (batch.images.to(device) for batch in loader))
+    images = estimate_backbone_statistics(model, (batch.to(device).images for batch in loader))
     logger.warning("recipe freezes a backbone that has no pretrained weights: estimated its BatchNorm "
                    "statistics from %d training images (weights stay random); expect modest accuracy "
                    "until the backbone trains (--recipe scratch trains it from the start)", images)
