@@ -21,6 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 VND_SUBSET = REPO / "tests" / "data" / "vnd_subset" / "data.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _library_log_level():
+    """The benchmarks' main() quiets the smartcash logger, as a CLI may: not for the tests after it."""
+    library = logging.getLogger("smartcash")
+    level = library.level
+    yield
+    library.setLevel(level)
+
+
 def test_loop_baseline_gives_the_extractors_answers():
     from smartcash.model.training.core.classification_extractor import ClassificationExtractor
     from smartcash.taxonomy import load_taxonomy
@@ -239,13 +248,8 @@ def _check_training_results(path, ultralytics):
 
 def test_training_quick_smartcash_side_reports_both_phases_and_memory(tmp_path, capsys):
     out = tmp_path / "training.json"
-    library = logging.getLogger("smartcash")
-    level = library.level
-    try:
-        assert bench_training.main(["--quick", "--skip-ultralytics", "--threads", "1", "--train-images", "8",
-                                    "--val-images", "4", "--out", str(out)]) == 0
-    finally:  # main quiets the library's logger, as a CLI may: not for the tests after this one
-        library.setLevel(level)
+    assert bench_training.main(["--quick", "--skip-ultralytics", "--threads", "1", "--train-images", "8",
+                                "--val-images", "4", "--out", str(out)]) == 0
     _check_training_results(out, ultralytics=False)
     table = capsys.readouterr().out
     assert "peak RSS main MiB" in table and "smartcash phase 2 (all layers, recipe finetune)" in table
