@@ -45,8 +45,8 @@ class AugmentConfig:
         """From a hyp dict; keys that are not augmentation (lr0, momentum ...) are left to others."""
         if hyp is None or isinstance(hyp, AugmentConfig):
             return hyp or cls()
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: (bool(v) if k == "keep_ratio" else float(v)) for k, v in hyp.items() if k in names})
+        kinds = {f.name: bool if f.type in (bool, "bool") else float for f in dataclasses.fields(cls)}
+        return cls(**{k: kinds[k](v) for k, v in hyp.items() if k in kinds})
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,8 @@ def affine_matrix(canvas: int, size: int, config: AugmentConfig, rng: np.random.
     centre = np.eye(3)
     centre[:2, 2] = -canvas / 2  # canvas centre to the origin
     zoom = np.eye(3)
-    zoom_x = rng.uniform(1 - config.scale, 1 + config.scale)
-    zoom[0, 0], zoom[1, 1] = zoom_x, zoom_x if config.keep_ratio else rng.uniform(1 - config.scale, 1 + config.scale)
+    zoom[0, 0] = rng.uniform(1 - config.scale, 1 + config.scale)
+    zoom[1, 1] = zoom[0, 0] if config.keep_ratio else rng.uniform(1 - config.scale, 1 + config.scale)
     rotate = np.eye(3)
     rotate[:2] = cv2.getRotationMatrix2D(angle=rng.uniform(-config.degrees, config.degrees), center=(0, 0), scale=1.0)
     shear = np.eye(3)
