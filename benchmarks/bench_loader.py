@@ -87,17 +87,21 @@ class StepRunner:
         from smartcash.model.loss import YoloLoss
         from smartcash.model.training.optim import ModelEMA
         from smartcash.model.training.phases import enter_phase
+        from smartcash.model.training.precision import training_precision
         from smartcash.model.training.recipe import load_recipe
         from smartcash.taxonomy import load_loss_config
 
         self.config = build_config(["--device", device, "--imgsz", str(IMGSZ), "--batch", str(BATCH)])
         torch.manual_seed(0)
         self.model = build_model(MODEL, num_classes).to(device)
+        self.precision = training_precision(self.config.amp, torch.device(device))  # as the Trainer
+        if self.precision.amp:
+            self.model.to(memory_format=torch.channels_last)
         # The finetune recipe's phases: 1 = backbone frozen, 2 = every layer.
         self.setup = enter_phase(phase, self.model, self.config, load_recipe("finetune").phase(phase),
                                  batches_per_epoch)
         self.loss = YoloLoss(self.model, load_loss_config())
-        self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=False)
+        self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=self.precision.needs_grad_scaler)
         self.ema = ModelEMA(self.model, self.config.ema_decay, self.config.ema_tau)
         self.accumulate = self.setup.schedule.accumulate
         self.device = device
@@ -112,9 +116,11 @@ class StepRunner:
         for index, batch in enumerate(batches):
             self.setup.schedule.apply(self.setup.optimizer, self.iteration, 0)
             batch = batch.to(self.device)
+            images_in = batch.images.contiguous(memory_format=torch.channels_last) if self.precision.amp else batch.images
             update = (index + 1) % self.accumulate == 0
-            optimization_step(self.model, batch.images, batch.targets, self.loss, self.setup.optimizer, self.scaler,
-                              self.ema, update=update, clip_grad_norm=self.config.clip_grad_norm, amp=False,
+            optimization_step(self.model, images_in, batch.targets, self.loss, self.setup.optimizer, self.scaler,
+                              self.ema, update=update, clip_grad_norm=self.config.clip_grad_norm,
+                              amp=self.precision.amp, amp_dtype=self.precision.dtype or torch.float32,
                               where=(0, index))
             images += len(batch.images)
             self.iteration += 1

@@ -9,7 +9,12 @@ SmartCash through its real CLI (``smartcash.train.main``), ultralytics through
 ultralytics' process-wide settings (torch threads, deterministic algorithms) away from the next run.
 
 Both sides: yolov5n-size model from scratch (no pretrained weights), imgsz 320, batch 16,
-2 loader workers, mosaic + colour/geometric augmentation, EMA, no AMP, a fixed number of epochs.
+2 loader workers, mosaic + colour/geometric augmentation, EMA, a fixed number of epochs, each
+tool at its default precision: SmartCash's ``amp: true`` runs the forward in bfloat16 on CUDA
+(8.0+; float16 before) and on CPUs with native bfloat16 (AVX512-BF16 / AMX; smartcash/model/training/precision.py),
+ultralytics' ``amp=True`` is CUDA-only (float32 on a CPU). Where SmartCash's default is not
+float32, its two phases run again with ``amp: false`` (the ``float32`` rows), so the table shows
+how much of the difference is the precision.
 What is timed is the training epoch only:
 - SmartCash: ``epoch_time_s`` of its own results.csv = ``Trainer.train_one_epoch`` (loader
   iteration, forward, loss, backward, clip, step, EMA, LR schedule). Its training loader's 2
@@ -92,15 +97,19 @@ def epoch_summary(seconds: list[float], images: int) -> dict[str, Any]:
 
 
 def run_smartcash(data_yaml: Path, train_images: int, device: str, phase: int, epochs: int, project: Path,
-                  name: str = "bench", threads: int | None = None, recipe: str = "finetune") -> dict[str, Any]:
+                  name: str = "bench", threads: int | None = None, recipe: str = "finetune",
+                  amp: bool = True) -> dict[str, Any]:
     """``python -m smartcash.train`` in this process; epoch times from its results.csv.
     ``threads``: its ``--threads`` (default: torch's thread count here). The trainer sets torch's
     threads from that flag (its default is one per core), so calling ``torch.set_num_threads``
-    before it would not reach the training; the count reported is the one torch had when it ended."""
+    before it would not reach the training; the count reported is the one torch had when it ended.
+    ``amp``: its config's ``amp`` (default true, as a user runs it: bfloat16 where the hardware has
+    it natively, precision.py); false trains in float32, as ultralytics does on a CPU."""
     from smartcash import train
+    from smartcash.model.training.precision import training_precision
 
-    overrides = project / "bench-config.yaml"
-    overrides.write_text("plots: false\namp: false\n", encoding="utf-8")  # amp off: ultralytics runs with amp=False
+    overrides = project / f"bench-config-{name}.yaml"
+    overrides.write_text(f"plots: false\namp: {str(amp).lower()}\n", encoding="utf-8")
     argv = ["--phase", str(phase), "--data", str(data_yaml), "--model", MODEL, "--imgsz", str(IMGSZ),
             "--batch", str(BATCH), "--workers", str(WORKERS), "--epochs", str(epochs), "--device", device,
             "--project", str(project), "--name", name, "--patience", "0", "--seed", "0",
@@ -122,6 +131,7 @@ def run_smartcash(data_yaml: Path, train_images: int, device: str, phase: int, e
     last = rows[-1]
     return {**epoch_summary([float(row["epoch_time_s"]) for row in rows], train_images),
             "wall_s": wall, "threads": threads, "workers": WORKERS, "recipe": recipe,
+            "precision": training_precision(amp, torch.device(device)).name,
             "loss": sum(float(last[f"train/{part}_loss"]) for part in ("box", "obj", "cls")),
             "map50": float(last["metrics/mAP50"]), "map50_95": float(last["metrics/mAP50-95"])}
 
@@ -149,6 +159,7 @@ def run_ultralytics(data_yaml: Path, device: str, freeze: int | None, epochs: in
         marks["images"] = len(trainer.train_loader.dataset)
         marks["workers"] = trainer.train_loader.num_workers  # it uses none for a single-batch dataset
 
+    cuda = torch.device(device).type == "cuda"  # its default amp=True; it never uses AMP on a CPU
     torch.manual_seed(0)
     model = YOLO("yolov5nu.yaml")
     model.add_callback("on_pretrain_routine_start", on_pretrain_routine_start)
@@ -157,7 +168,7 @@ def run_ultralytics(data_yaml: Path, device: str, freeze: int | None, epochs: in
     with workloads.ultralytics_session(threads):
         start = time.perf_counter()
         model.train(data=str(data_yaml), epochs=epochs, imgsz=IMGSZ, batch=BATCH, workers=WORKERS,
-                    device=workloads.ultralytics_device(device), pretrained=False, amp=False, plots=False,
+                    device=workloads.ultralytics_device(device), pretrained=False, amp=cuda, plots=False,
                     val=False, close_mosaic=0, freeze=freeze, seed=0, project=str(project), name=name,
                     exist_ok=True, verbose=False)
         wall = time.perf_counter() - start
@@ -165,6 +176,7 @@ def run_ultralytics(data_yaml: Path, device: str, freeze: int | None, epochs: in
     metrics = trainer.metrics or {}
     return {**epoch_summary(marks["epochs"], marks["images"]), "wall_s": wall, "threads": marks.get("threads"),
             "workers": marks.get("workers"), "workers_asked": marks.get("workers_asked"), "freeze": freeze,
+            "precision": "AMP (its own choice)" if cuda else "float32",
             "loss": _total_loss(trainer.tloss),
             "map50": float(metrics.get("metrics/mAP50(B)", float("nan"))),
             "map50_95": float(metrics.get("metrics/mAP50-95(B)", float("nan")))}
@@ -232,6 +244,8 @@ def run_child(tool: str, **spec: Any) -> dict[str, Any]:
 
 def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace, epochs: int,
                directory: Path) -> dict[str, Any]:
+    from smartcash.model.training.precision import training_precision
+
     phases = (1, 2)
     frozen = args.recipe == "finetune"
     ours = torch.get_num_threads()
@@ -240,10 +254,16 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
     project.mkdir(parents=True, exist_ok=True)
     common = {"data_yaml": data.data_yaml, "device": device, "epochs": epochs}
     smartcash = {**common, "train_images": data.num_images["train"], "project": project, "recipe": args.recipe}
-    for phase in phases:  # phase 2 starts from the phase 1 run's best.pt, found by --name
-        layers = "backbone frozen" if phase == 1 and frozen else "all layers"
-        tools[f"smartcash phase {phase} ({layers}, recipe {args.recipe})"] = {
-            **run_child("smartcash", **smartcash, phase=phase, threads=ours), "phase": phase}
+    # Its default precision first (the ratios are to these rows), then float32 where that differs.
+    precisions = [("", True)]
+    if training_precision(True, torch.device(device)).amp:
+        precisions.append((", float32 (amp false)", False))
+    for suffix, amp in precisions:
+        for phase in phases:  # phase 2 starts from the phase 1 run's best.pt, found by --name
+            layers = "backbone frozen" if phase == 1 and frozen else "all layers"
+            tools[f"smartcash phase {phase} ({layers}, recipe {args.recipe}){suffix}"] = {
+                **run_child("smartcash", **smartcash, phase=phase, threads=ours, amp=amp,
+                            name="bench" if amp else "bench-float32"), "phase": phase}
     fewer = max(1, (os.cpu_count() or 1) - 1)  # ultralytics' CPU choice: leaves a core to the loader workers
     if not args.quick and torch.device(device).type == "cpu" and fewer != ours:
         layers = "backbone frozen" if frozen else "all layers"
@@ -274,10 +294,12 @@ def print_table(record: dict[str, Any], data: workloads.BenchData) -> None:
     rows = [[name, tool["median_epoch_s"], f"{tool['ratio_to_smartcash']:.2f}x", f"{tool['images_per_s']:.1f}",
              f"{tool['first_epoch_images_per_s']:.1f}", tool["wall_s"], _mib(tool["peak_rss_main_mib"]),
              _mib(tool["peak_rss_workers_mib"]), _mib(tool["peak_pss_tree_mib"]), tool["threads"], tool["workers"],
+             tool.get("precision", "-"),
              f"{tool['loss']:.3f}", f"{tool['map50']:.4f}", f"{tool['map50_95']:.4f}"]
             for name, tool in record["tools"].items()]
     headers = ["tool", "epoch_s (median)", "vs smartcash", "images/s", "1st epoch img/s", "run wall_s (all)",
                "peak RSS main MiB", "peak RSS workers MiB (sum)", "peak PSS main+workers MiB", "threads", "workers",
+               "precision",
                "own train loss", "mAP50", "mAP50-95"]
     print(f"\ntraining on {record['device']}: {data.num_images['train']} train images, {record['epochs']} epochs "
           f"(speed: median over epochs 2..{record['epochs']}), {MODEL} imgsz {IMGSZ} batch {BATCH}, "

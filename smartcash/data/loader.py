@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -63,3 +64,16 @@ def build_dataloader(config: DatasetConfig, split: str, imgsz: int, batch_size: 
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_batch, pin_memory=torch.cuda.is_available(),
                       persistent_workers=persistent_workers and workers > 0, drop_last=False)
+
+
+def start_epoch(loader: DataLoader, epoch: int, mosaic: bool = True) -> Iterator[Any]:
+    """The iterator over ``epoch``'s batches of a training loader, its workers already at work.
+
+    With persistent workers, creating the iterator is what sends the workers the epoch's first
+    indices (two batches each): call it as soon as the previous epoch's last batch is taken, and the
+    first batches of the next epoch are made while the trainer validates, instead of after it.
+    What the batches hold does not depend on when this is called: each sample is a function of
+    (seed, epoch, index) (``sampling.py``).
+    """
+    loader.sampler.set_epoch(epoch, mosaic)
+    return iter(loader)

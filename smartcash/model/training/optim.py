@@ -141,7 +141,9 @@ class ModelEMA:
 
     def __init__(self, model: nn.Module, decay: float, tau: float, updates: int = 0) -> None:
         self.averaged = self.averaged_names(model)  # fixed for the phase; not re-derived every step
-        self.module = copy.deepcopy(model).eval()
+        # Plain (NCHW) layout whatever the trained model's: every validation, precise BN and
+        # checkpoint of the EMA then computes exactly as a model loaded from that checkpoint does.
+        self.module = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
         self.decay = decay

@@ -22,7 +22,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypeVar
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from smartcash.config import TrainConfig, save_config
+from smartcash.data.loader import start_epoch
 from smartcash.model.loss import YoloLoss
 from smartcash.model.summary import count_gflops, model_summary
 from smartcash.model.training import run_lock
@@ -41,6 +42,7 @@ from smartcash.model.training.optim import ModelEMA, group_lrs
 from smartcash.model.training.core.validation_executor import (ValidationExecutor, ValidationResult,
                                                                 ValidationSettings)
 from smartcash.model.training.phases import enter_phase
+from smartcash.model.training.precision import training_precision
 from smartcash.model.training.recipe import choose_recipe, resumed_recipe
 from smartcash.model.training.records import ResultsWriter
 from smartcash.model.training.reports import RunReports
@@ -56,6 +58,8 @@ from smartcash.taxonomy import load_loss_config
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
+
+    from smartcash.data.dataset import Batch
 
 logger = logging.getLogger(__name__)
 Item = TypeVar("Item")
@@ -137,17 +141,16 @@ class Trainer:
         if device.type == "cuda" and self.dist.world_size > 1:
             device = torch.device("cuda", self.dist.local_rank)
         self.device = device
-        self.amp = config.amp and device.type == "cuda"  # AMP on CUDA only
-        # bfloat16 has float32's range: no loss scaling, so no GradScaler host sync per step.
-        # Native bfloat16 only (compute capability 8.0+): an emulated one is slower than float16.
-        self.amp_dtype = (torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported(including_emulation=False)
-                          else torch.float16)
-        # NHWC lets AMP convolutions run on tensor cores without layout transposes.
+        self.precision = training_precision(config.amp, device)  # precision.py: AMP where it is native
+        self.amp, self.amp_dtype = self.precision.amp, self.precision.dtype or torch.float32
+        # NHWC lets half-precision convolutions run without layout transposes (tensor cores on
+        # CUDA; oneDNN's blocked bfloat16 kernels on a CPU).
         self.channels_last = self.amp
         if config.threads:
             torch.set_num_threads(config.threads)  # leave cores to the loader workers (config.py)
         self.start_epoch = 0
         self.epoch = -1  # last completed epoch
+        self._next_epoch: tuple[int, Iterator[Batch]] | None = None  # (epoch, its batches, workers at work)
         self.best_row: dict[str, float] = {}
         self.last_row: dict[str, float] = {}
         self.best_result: ValidationResult | None = None
@@ -224,6 +227,8 @@ class Trainer:
             summary = model_summary(model)  # GFLOPs at 640, as YOLOv5 reports them
             at_imgsz = "" if config.imgsz == 640 else f", {count_gflops(model, config.imgsz):.1f} at {config.imgsz}"
             logger.info("%s%s", summary, at_imgsz)
+            logger.info("precision: %s forward%s (%s)", self.precision.name,
+                        ", channels_last" if self.channels_last else "", self.precision.reason)
         self.loss_fn = YoloLoss(model, load_loss_config(),
                                 phase_recipe.effective_loss_gains(config.imgsz, self.taxonomy.num_classes))
         self.validator = ValidationExecutor(self.taxonomy, settings=ValidationSettings.from_values(config.to_dict()),
@@ -232,7 +237,7 @@ class Trainer:
                                        dist.world_size, self.validator)
         self.close_mosaic = phase_recipe.close_mosaic if config.close_mosaic is None else config.close_mosaic
         self.optimizer = self.phase_setup.optimizer
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_grad_scaler)
         self.ema = ModelEMA(model, config.ema_decay, config.ema_tau)
         self.precise_bn = (build_precise_bn(config, self.train_loader.dataset.report)
                            if dist.is_main else None)
@@ -265,20 +270,25 @@ class Trainer:
     def before_epoch(self, epoch: int) -> None:
         """Re-seed every RNG from (seed, epoch, rank); tell samplers the epoch."""
         seed_everything(epoch_seed(self.config.seed, epoch, self.dist.rank))
-        # The recipe's closing epochs train on whole images, the way the model is evaluated.
-        mosaic = epoch < self.config.epochs - self.close_mosaic
+        mosaic = self._mosaic(epoch)
         first_closing = max(self.config.epochs - self.close_mosaic, 0)
         if not mosaic and epoch in (first_closing, self.start_epoch) and self.dist.is_main:
             logger.info("epoch %d: mosaic off for the last %d epochs", epoch, self.config.epochs - epoch)
-        # Order and augmentation of every sample follow from (seed, epoch, index) (data/sampling.py).
-        self.train_loader.sampler.set_epoch(epoch, mosaic)
+        if self._next_epoch is None or self._next_epoch[0] != epoch:  # else started after the last epoch
+            self._next_epoch = (epoch, start_epoch(self.train_loader, epoch, mosaic))
+
+    def _mosaic(self, epoch: int) -> bool:
+        """The recipe's closing epochs train on whole images, the way the model is evaluated."""
+        return epoch < self.config.epochs - self.close_mosaic
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Train over the loader; returns the mean weighted box/obj/cls losses of the epoch."""
         self.model.train()  # the Detector keeps a frozen backbone's BatchNorm in eval
         batches = len(self.train_loader)
         sums = torch.zeros(3, device=self.device)
-        progress = self._progress(self.train_loader, f"phase {self.config.phase} epoch {epoch}")
+        _, epoch_batches = self._next_epoch
+        self._next_epoch = None
+        progress = self._progress(epoch_batches, f"phase {self.config.phase} epoch {epoch}", total=batches)
         schedule = self.phase_setup.schedule
         last_step = epoch * batches - 1  # gradients never accumulate across an epoch boundary
         read_every = host_read_interval(self.device)
@@ -303,6 +313,10 @@ class Trainer:
                 loss_per_image = watch.check(epoch, losses, len(batch.images))
                 if hasattr(progress, "set_postfix"):
                     progress.set_postfix(loss=f"{loss_per_image:.4f}")
+        if epoch + 1 < self.config.epochs:
+            # Order and augmentation of every sample follow from (seed, epoch, index) (data/sampling.py),
+            # so the workers can start the next epoch now, while this one is validated.
+            self._next_epoch = (epoch + 1, start_epoch(self.train_loader, epoch + 1, self._mosaic(epoch + 1)))
         means = (sums / max(1, batches)).tolist()
         return {"train/box_loss": means[0], "train/obj_loss": means[1], "train/cls_loss": means[2]}
 
@@ -405,9 +419,9 @@ class Trainer:
         if improved:
             save_checkpoint(self.weights_dir / "best.pt", data)
 
-    def _progress(self, iterable: Iterable[Item], description: str) -> Iterable[Item]:
+    def _progress(self, iterable: Iterable[Item], description: str, total: int | None = None) -> Iterable[Item]:
         if not self.dist.is_main:
             return iterable
         from tqdm import tqdm
 
-        return tqdm(iterable, desc=description, leave=False, mininterval=2.0, dynamic_ncols=True)
+        return tqdm(iterable, desc=description, total=total, leave=False, mininterval=2.0, dynamic_ncols=True)
