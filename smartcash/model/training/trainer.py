@@ -268,14 +268,11 @@ class Trainer:
                                              start.resume, self.start_epoch), self.train_loader.dataset.labels)
 
     def before_epoch(self, epoch: int) -> None:
-        """Re-seed every RNG from (seed, epoch, rank); tell samplers the epoch."""
+        """Re-seed every RNG from (seed, epoch, rank). The loader gets the epoch in train_one_epoch."""
         seed_everything(epoch_seed(self.config.seed, epoch, self.dist.rank))
-        mosaic = self._mosaic(epoch)
         first_closing = max(self.config.epochs - self.close_mosaic, 0)
-        if not mosaic and epoch in (first_closing, self.start_epoch) and self.dist.is_main:
+        if not self._mosaic(epoch) and epoch in (first_closing, self.start_epoch) and self.dist.is_main:
             logger.info("epoch %d: mosaic off for the last %d epochs", epoch, self.config.epochs - epoch)
-        if self._next_epoch is None or self._next_epoch[0] != epoch:  # else started after the last epoch
-            self._next_epoch = (epoch, start_epoch(self.train_loader, epoch, mosaic))
 
     def _mosaic(self, epoch: int) -> bool:
         """The recipe's closing epochs train on whole images, the way the model is evaluated."""
@@ -286,8 +283,9 @@ class Trainer:
         self.model.train()  # the Detector keeps a frozen backbone's BatchNorm in eval
         batches = len(self.train_loader)
         sums = torch.zeros(3, device=self.device)
-        _, epoch_batches = self._next_epoch
-        self._next_epoch = None
+        started, self._next_epoch = self._next_epoch, None  # started at the end of the previous epoch?
+        epoch_batches = (started[1] if started is not None and started[0] == epoch
+                         else start_epoch(self.train_loader, epoch, self._mosaic(epoch)))
         progress = self._progress(epoch_batches, f"phase {self.config.phase} epoch {epoch}", total=batches)
         schedule = self.phase_setup.schedule
         last_step = epoch * batches - 1  # gradients never accumulate across an epoch boundary
