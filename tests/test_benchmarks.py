@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from benchmarks import (bench_extractor, bench_install, bench_learning, bench_training, learning_curves, memory,
                         workloads)
+from smartcash.model.training.precision import training_precision
 
 REPO = Path(__file__).resolve().parents[1]
 VND_SUBSET = REPO / "tests" / "data" / "vnd_subset" / "data.yaml"
@@ -224,8 +226,14 @@ def _check_training_results(path, ultralytics):
     results = json.loads(path.read_text())
     (device,) = results["devices"]
     tools = device["tools"]
-    smartcash = {tool["phase"]: tool for name, tool in tools.items() if name.startswith("smartcash")}
+    float32_rows = [tool for name, tool in tools.items() if name.startswith("smartcash") and "float32" in name]
+    smartcash = {tool["phase"]: tool for name, tool in tools.items()
+                 if name.startswith("smartcash") and "float32" not in name}  # its default precision
     assert sorted(smartcash) == [1, 2] and smartcash[1]["recipe"] == smartcash[2]["recipe"] == "finetune"
+    default_precision = training_precision(True, torch.device("cpu")).name
+    assert {tool["precision"] for tool in smartcash.values()} == {default_precision}
+    # Where the default is not float32, both phases run again in float32 for comparison.
+    assert [tool["precision"] for tool in float32_rows] == ([] if default_precision == "float32" else ["float32"] * 2)
     assert smartcash[1]["workers"] == smartcash[2]["workers"] == bench_training.WORKERS
     assert all(tool["threads"] == 1 for tool in tools.values())  # --threads 1 reached every trainer
     assert set(results["memory"]) >= set(MEMORY_KEYS)
