@@ -81,10 +81,12 @@ class TrainerPasses:
 
         self.start_epoch = start_epoch
         self.loader, self.device, self.epoch = loader, device, 0
-        self.batches = start_epoch(loader, 0)
+        self.batches: Any = None  # the first call (the warm-up pass) starts the workers
 
     def __call__(self) -> int:
         images = 0
+        if self.batches is None:
+            self.batches = self.start_epoch(self.loader, self.epoch)
         for batch in self.batches:
             images += len(batch.to(self.device).images)
         synchronize(self.device)

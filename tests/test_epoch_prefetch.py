@@ -24,8 +24,12 @@ def test_next_epoch_starts_before_validation_and_never_after_the_last(tmp_path, 
 
     monkeypatch.setattr(trainer_module, "start_epoch", spy_start)
     monkeypatch.setattr(trainer_module.Trainer, "validate", spy_validate)
-    assert train_tiny(tmp_path, tiny_dataset(tmp_path / "data"), "--epochs", "3", "--name", "p") == 0
+    data = tiny_dataset(tmp_path / "data")
+    assert train_tiny(tmp_path, data, "--epochs", "3", "--name", "p", "--workers", "2") == 0  # persistent
     assert events == [("start", 0), ("start", 1), ("validate", 0), ("start", 2), ("validate", 1), ("validate", 2)]
+    events.clear()  # without worker processes nothing is started early (a new iterator draws from the RNG)
+    assert train_tiny(tmp_path, data, "--epochs", "2", "--name", "q", "--workers", "0") == 0
+    assert events == [("start", 0), ("validate", 0), ("start", 1), ("validate", 1)]
 
 
 def test_started_epoch_is_the_epoch_asked_for_with_persistent_workers(tmp_path) -> None:

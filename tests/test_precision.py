@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from smartcash.model.head import Detect
 from smartcash.model.training import trainer as trainer_module
 from smartcash.model.training.precision import training_precision
 from tiny_training import tiny_dataset, train_tiny
@@ -50,20 +51,27 @@ def test_trainer_convolutions_run_in_the_chosen_precision(tmp_path, monkeypatch,
     input_layouts: list[bool] = []
     real_step = trainer_module.optimization_step
 
+    head_dtypes: list[torch.dtype] = []
+
     def spy(model, images, *args, **kwargs):
         first_conv = next(module for module in model.modules() if isinstance(module, nn.Conv2d))
-        hook = first_conv.register_forward_hook(lambda module, inputs, output: conv_dtypes.append(output.dtype))
+        detect = next(module for module in model.modules() if isinstance(module, Detect))
+        hooks = [first_conv.register_forward_hook(lambda module, inputs, output: conv_dtypes.append(output.dtype))]
+        hooks += [conv.register_forward_hook(lambda module, inputs, output: head_dtypes.append(output.dtype))
+                  for conv in detect.convs]
         input_layouts.append(images.is_contiguous(memory_format=torch.channels_last))
         try:
             return real_step(model, images, *args, **kwargs)
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
 
     monkeypatch.setattr(trainer_module, "optimization_step", spy)
     with caplog.at_level(logging.INFO, logger="smartcash"):
         assert train_tiny(tmp_path, tiny_dataset(tmp_path / "data"), "--epochs", "1", "--name", "p") == 0
     expected = torch.bfloat16 if native else torch.float32
     assert conv_dtypes and set(conv_dtypes) == {expected}
+    assert head_dtypes and set(head_dtypes) == {torch.float32}  # box logits never rounded to bfloat16
     assert set(input_layouts) == {native}  # channels_last goes with the low precision
     line = next(record.getMessage() for record in caplog.records if record.getMessage().startswith("precision:"))
     assert line.startswith("precision: bfloat16 forward, channels_last" if native else "precision: float32 forward (")

@@ -15,7 +15,7 @@ from smartcash.config import ConfigError, read_yaml
 from smartcash.model.training.optim import WarmupCosineSchedule
 from smartcash.model.training.recipe import (MAX_WARMUP_BIAS_FACTOR, RECIPE_DIR, choose_recipe, load_recipe,
                                              recipe_from_dict)
-from smartcash.model.training.trainer import Trainer
+from smartcash.model.training import trainer as trainer_module
 from tiny_training import tiny_dataset, train_tiny
 
 
@@ -83,13 +83,13 @@ def _train(tmp_path: Path, data_yaml: str, *flags: str) -> int:
 
 def test_default_run_from_scratch_trains_every_layer_and_closes_mosaic(tmp_path, data_yaml, monkeypatch) -> None:
     mosaic_by_epoch = {}
-    original = Trainer.train_one_epoch
+    original = trainer_module.start_epoch
 
-    def record(self, epoch):
-        mosaic_by_epoch[epoch] = self.train_loader.sampler.mosaic
-        return original(self, epoch)
+    def record(loader, epoch, mosaic=True):  # what the loader is told for each epoch
+        mosaic_by_epoch[epoch] = mosaic
+        return original(loader, epoch, mosaic)
 
-    monkeypatch.setattr(Trainer, "train_one_epoch", record)
+    monkeypatch.setattr(trainer_module, "start_epoch", record)
     assert _train(tmp_path, data_yaml, "--epochs", "3", "--close-mosaic", "1", "--name", "s") == 0
     run = tmp_path / "runs/train/s/phase1"
     used = read_yaml(run / "args.yaml")["recipe_used"]

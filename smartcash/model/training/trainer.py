@@ -311,10 +311,15 @@ class Trainer:
                 loss_per_image = watch.check(epoch, losses, len(batch.images))
                 if hasattr(progress, "set_postfix"):
                     progress.set_postfix(loss=f"{loss_per_image:.4f}")
-        if epoch + 1 < self.config.epochs:
+        if epoch + 1 < self.config.epochs and self.train_loader.persistent_workers:
             # Order and augmentation of every sample follow from (seed, epoch, index) (data/sampling.py),
-            # so the workers can start the next epoch now, while this one is validated.
-            self._next_epoch = (epoch + 1, start_epoch(self.train_loader, epoch + 1, self._mosaic(epoch + 1)))
+            # so the persistent workers can start the next epoch now, while this one is validated.
+            # (Without them a new iterator would spawn workers or draw from the global RNG before the
+            # next epoch re-seeds it: a resumed run would not replay that draw.)
+            try:
+                self._next_epoch = (epoch + 1, start_epoch(self.train_loader, epoch + 1, self._mosaic(epoch + 1)))
+            except RuntimeError as error:  # a worker died: this epoch is still validated and saved first;
+                logger.debug("next epoch not started early: %s", error)  # the next one raises it again
         means = (sums / max(1, batches)).tolist()
         return {"train/box_loss": means[0], "train/obj_loss": means[1], "train/cls_loss": means[2]}
 
