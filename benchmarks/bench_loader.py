@@ -13,7 +13,8 @@ Rows (images/s over one pass of the train split, median of --repeats passes afte
   (every sample is seeded from (seed, epoch, index), so workers need no restart for a resume to
   replay an epoch), and each pass is the next epoch, started as the last one ends
   (``TrainerPasses``: the Trainer starts epoch e + 1 before it validates epoch e), timed alone as
-  ultralytics' loaders are (its never-ending loader runs on into the next pass the same way); ``respawned`` starts them every pass, as the Trainer did before: the start-up
+  ultralytics' loaders are (its never-ending loader runs on into the next pass the same way);
+  ``respawned`` starts them every pass, as the Trainer did before: the start-up
   is then in every epoch. ``cache=ram`` / ``cache=disk`` (``--cache``, default all three): the
   same loader with its decoded-image cache (``smartcash.data.image_cache``), filled before the
   timing (``cache_fill_s`` in the results: building the loader, the fill included; disk: files
@@ -62,7 +63,7 @@ def loader_row(cache: str) -> str:
 
 
 def loader_pass(loader: Any, device: str) -> int:
-    """One pass over a SmartCash loader, each Batch copied to the device. Returns images."""
+    """One pass over a SmartCash loader (or one epoch's iterator), each Batch copied to the device. Returns images."""
     images = 0
     for batch in loader:
         images += len(batch.to(device).images)
@@ -84,12 +85,9 @@ class TrainerPasses:
         self.batches: Any = None  # the first call (the warm-up pass) starts the workers
 
     def __call__(self) -> int:
-        images = 0
         if self.batches is None:
             self.batches = self.start_epoch(self.loader, self.epoch)
-        for batch in self.batches:
-            images += len(batch.to(self.device).images)
-        synchronize(self.device)
+        images = loader_pass(self.batches, self.device)
         self.epoch += 1
         self.batches = self.start_epoch(self.loader, self.epoch)
         return images
