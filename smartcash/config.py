@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 import types
 import typing
@@ -65,6 +66,7 @@ class TrainConfig:
     warmup_epochs: float | None
     nominal_batch: int | None
     close_mosaic: int | None
+    loss_gains: dict[str, float] | None
     weight_decay: float
     beta1: float
     beta2: float
@@ -145,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--precise-bn", dest="precise_bn_images", type=int,
         help="training images for BatchNorm re-estimation before each validation (0 = off)")
     add("--close-mosaic", dest="close_mosaic", type=int, help="last N epochs without mosaic")
+    add("--loss-gains", dest="loss_gains", type=parse_loss_gains, metavar="PART=GAIN[,...]",
+        help="multipliers of loss.json's box / obj / cls weights for this run, replacing the recipe's "
+        "for the parts named (e.g. cls=0.5)")
     add("--patience", type=int, help="epochs without improvement before stopping (0 = never)")
     add("--seed", type=int)
     add("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
@@ -152,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mlflow", action=argparse.BooleanOptionalAction, default=None,
         help="log to MLflow at MLFLOW_TRACKING_URI, else PROJECT/mlruns (needs mlflow or mlflow-skinny; default off)")
     return parser
+
+
+def parse_loss_gains(text: str) -> dict[str, float]:
+    """``"cls=0.5,box=2"`` -> ``{"cls": 0.5, "box": 2.0}`` (the parts are checked with the config)."""
+    gains: dict[str, float] = {}
+    for item in filter(None, (piece.strip() for piece in text.split(","))):
+        part, equals, value = item.partition("=")
+        try:
+            if not equals:
+                raise ValueError
+            gains[part.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected PART=GAIN, e.g. cls=0.5") from None
+    return gains
 
 
 def build_config(argv: list[str] | None = None) -> TrainConfig:
@@ -277,6 +296,8 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
             return float(value)
         if kind is str and isinstance(value, (str, Path)):
             return str(value)
+        if typing.get_origin(kind) is dict and isinstance(value, dict):
+            return {str(key): _coerce(f"{name}.{key}", item, float, source) for key, item in value.items()}
     wanted = " or ".join(getattr(kind, "__name__", str(kind)) for kind in allowed)
     raise ConfigError(f"{source}: {name} must be {wanted}, got {value!r}")
 
@@ -323,6 +344,14 @@ def _validate(config: TrainConfig, source: str) -> None:
             fail(key, "must be > 0")
     if not config.weight_decay >= 0:
         fail("weight_decay", "must be >= 0")
+    if config.loss_gains is not None:
+        from smartcash.model.training.recipe import LOSS_PARTS
+
+        unknown = sorted(set(config.loss_gains) - set(LOSS_PARTS))
+        if unknown:
+            fail("loss_gains", f"unknown part(s) {unknown}: the parts are {', '.join(LOSS_PARTS)}")
+        if not all(math.isfinite(gain) and gain >= 0 for gain in config.loss_gains.values()):
+            fail("loss_gains", "gains must be finite and >= 0")
     for key in ("warmup_epochs", "close_mosaic"):
         if getattr(config, key) is not None and not getattr(config, key) >= 0:
             fail(key, "must be >= 0 (or null: the recipe's)")

@@ -58,6 +58,11 @@ def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:
     ([], "epochs: [1\n", "invalid YAML"),
     (["--cache", "bogus"], "", "cache='bogus': must be one of none, ram, disk"),
     ([], "cache: RAM\n", "cache='RAM': must be one of none, ram, disk"),
+    (["--loss-gains", "iou=2"], "", "loss_gains={'iou': 2.0}: unknown part(s) ['iou']: the parts are box, obj, cls"),
+    (["--loss-gains", "cls=-1"], "", "loss_gains={'cls': -1.0}: gains must be finite and >= 0"),
+    ([], "loss_gains: {cls: .nan}\n", "gains must be finite and >= 0"),
+    ([], "loss_gains: {cls: high}\n", "loss_gains.cls must be float, got 'high'"),
+    ([], "loss_gains: 0.5\n", "loss_gains must be dict"),
 ])
 def test_bad_values_are_rejected_with_clear_messages(tmp_path, argv, yaml_text, message) -> None:
     if yaml_text:
@@ -72,6 +77,20 @@ def test_bad_values_are_rejected_with_clear_messages(tmp_path, argv, yaml_text, 
 def test_bad_cli_choice_exits_with_usage() -> None:
     with pytest.raises(SystemExit):
         build_config(["--model", "yolov9"])
+    for gains in ("cls", "cls=half"):
+        with pytest.raises(SystemExit):
+            build_config(["--loss-gains", gains])
+
+
+def test_loss_gains_from_flag_or_yaml(tmp_path) -> None:
+    assert build_config(["--device", "cpu"]).loss_gains is None  # the recipe's
+    config = build_config(["--device", "cpu", "--loss-gains", "cls=0.5, box=2"])
+    assert config.loss_gains == {"cls": 0.5, "box": 2.0}
+    user = tmp_path / "mine.yaml"
+    user.write_text("loss_gains: {obj: 1}\n")
+    assert build_config(["--device", "cpu", "--config", str(user)]).loss_gains == {"obj": 1.0}
+    save_config(config, tmp_path / "args.yaml")
+    assert TrainConfig.from_dict(read_yaml(tmp_path / "args.yaml"), "args.yaml") == config
 
 
 def test_missing_config_file_named(tmp_path) -> None:

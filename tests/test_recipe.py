@@ -136,3 +136,19 @@ def test_transfer_from_another_dataset_keeps_the_backbone_bit_identical(tmp_path
         backbone = {k: v for k, v in target[key].items() if k.startswith("backbone.")}
         assert backbone and all(torch.equal(value, loaded[k]) for k, value in backbone.items()), key
     assert target["model"]["detect.convs.0.weight"].shape[0] == 3 * (5 + 3)  # head re-made for 3 classes
+
+
+def test_loss_gains_flag_replaces_the_recipes_for_one_run(tmp_path, data_yaml, caplog) -> None:
+    """--loss-gains cls=0: the class loss weighs nothing in this run (results.csv records 0), the log
+    says so, args.yaml keeps the flag, and the recipe saved for phase 2 is the recipe's own."""
+    caplog.set_level("INFO", logger="smartcash")
+    assert _train(tmp_path, data_yaml, "--epochs", "1", "--loss-gains", "cls=0", "--name", "g") == 0
+    run = tmp_path / "runs/train/g/phase1"
+    import csv
+
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert float(rows[-1]["train/cls_loss"]) == 0.0 and float(rows[-1]["train/box_loss"]) > 0
+    assert "loss weights: box 0.05, obj 1, cls 0 (loss.json x gains {'box': 1.0, 'obj': 1.0, 'cls': 0.0})" in caplog.text
+    args = read_yaml(run / "args.yaml")
+    assert args["loss_gains"] == {"cls": 0.0}
+    assert args["recipe_used"]["phase1"]["loss_gains"] == load_recipe("scratch").phase(1).loss_gains

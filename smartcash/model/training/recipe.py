@@ -21,6 +21,8 @@ RECIPE_DIR = Path(__file__).resolve().parents[3] / "configs" / "recipes"
 RECIPE_NAMES = ("finetune", "scratch")
 #: Bias warm-up starts at most this many times a group's own LR (YOLOv5: 0.1 over lr0 0.01).
 MAX_WARMUP_BIAS_FACTOR = 10.0
+#: The loss terms a gain multiplies (loss.json's weights).
+LOSS_PARTS = ("box", "obj", "cls")
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def _phase_recipe(values: Any, where: str) -> PhaseRecipe:
                               f"missing key(s) {missing}" if missing else "") if part)
             + f" (see {RECIPE_DIR / 'finetune.yaml'})")
     try:
-        gains = {key: float(values["loss_gains"][key]) for key in ("box", "obj", "cls")}
+        gains = {key: float(values["loss_gains"][key]) for key in LOSS_PARTS}
         recipe = PhaseRecipe(
             freeze_backbone=bool(values["freeze_backbone"]), head_lr=float(values["head_lr"]),
             backbone_lr=float(values["backbone_lr"]), warmup_epochs=float(values["warmup_epochs"]),

@@ -18,6 +18,7 @@ metrics see every val image exactly once, no gather of variable-size predictions
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -229,8 +230,14 @@ class Trainer:
             logger.info("%s%s", summary, at_imgsz)
             logger.info("precision: %s forward%s (%s)", self.precision.name,
                         ", channels_last" if self.channels_last else "", self.precision.reason)
+        loss_recipe = phase_recipe if not config.loss_gains else dataclasses.replace(
+            phase_recipe, loss_gains={**phase_recipe.loss_gains, **config.loss_gains})
         self.loss_fn = YoloLoss(model, load_loss_config(),
-                                phase_recipe.effective_loss_gains(config.imgsz, self.taxonomy.num_classes))
+                                loss_recipe.effective_loss_gains(config.imgsz, self.taxonomy.num_classes))
+        logger.info("loss weights: box %.4g, obj %.4g, cls %.4g (loss.json x gains %s%s)",
+                    self.loss_fn.box_weight, self.loss_fn.obj_weight, self.loss_fn.cls_weight,
+                    loss_recipe.loss_gains, "" if loss_recipe.loss_scaling == "none"
+                    else f", scaled as {loss_recipe.loss_scaling} for {self.taxonomy.num_classes} classes")
         self.validator = ValidationExecutor(self.taxonomy, settings=ValidationSettings.from_values(config.to_dict()),
                                             show_progress=dist.is_main)
         self.phase_setup = enter_phase(config.phase, model, config, phase_recipe, len(self.train_loader),
