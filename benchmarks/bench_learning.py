@@ -2,7 +2,8 @@
 
     python -m benchmarks.bench_learning [--data synthetic|vnd|DATA.yaml] [--epochs1 E1 --epochs2 E2]
         [--ultra-epochs E] [--imgsz 320] [--batch 16] [--threads N] [--workers W] [--seeds 0,1]
-        [--recipes auto|finetune,scratch] [--weights W] [--quick] [--skip-ultralytics | --skip-smartcash] [--out NAME]
+        [--recipes auto|finetune,scratch] [--weights W] [--loss-gains cls=0.5] [--quick]
+        [--skip-ultralytics | --skip-smartcash] [--out NAME]
 
 Not part of a plain ``python -m benchmarks`` (a full run takes tens of minutes): run it with
 ``python -m benchmarks --only learning`` or directly.
@@ -83,6 +84,7 @@ class Settings:
     recipes: tuple[str, ...]
     weights: str | None
     device: str
+    loss_gains: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +180,8 @@ def run_smartcash(settings: Settings, data_yaml: Path, recipe: str, seed: int, w
                    "--device", settings.device, "--patience", "0", "--config", str(config)]
         if phase == 1 and settings.weights:
             command += ["--weights", settings.weights]
+        if settings.loss_gains:  # a run's override: both phases take it
+            command += ["--loss-gains", settings.loss_gains]
         run_dir = work / "smartcash" / "train" / name / f"phase{phase}"
         watched = watch_run(f"smartcash {recipe} seed {seed} phase {phase}", command, run_dir / "results.csv",
                             work / f"{name}-phase{phase}.log", child_env(settings.threads))
@@ -251,6 +255,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--recipes", default="auto", help="comma-separated SmartCash recipes: auto, finetune, "
                                                           "scratch or recipe YAML paths (default auto)")
     parser.add_argument("--weights", default=None, help="SmartCash phase 1 --weights (ultralytics stays random)")
+    parser.add_argument("--loss-gains", default=None, metavar="PART=GAIN[,...]",
+                        help="SmartCash --loss-gains for both phases (default: the recipe's)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 + 4 synthetic 64 px images, 1 + 1 epochs")
     parser.add_argument("--skip-ultralytics", action="store_true", help="SmartCash runs only")
@@ -283,7 +289,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     settings = Settings(
         epochs1, epochs2, pick(args.ultra_epochs, epochs1 + epochs2, 1), pick(args.imgsz, 320, 64),
         pick(args.batch, 16, 4), args.threads or len(os.sched_getaffinity(0)), pick(args.workers, 2, 0), seeds,
-        recipes, str(Path(args.weights).resolve()) if args.weights else None, args.device)
+        recipes, str(Path(args.weights).resolve()) if args.weights else None, args.device, args.loss_gains)
     if min(epochs1, epochs2, settings.ultra_epochs, settings.threads, settings.batch) < 1 or not seeds or not recipes:
         parser.error("epochs, threads and batch must be >= 1, and --seeds / --recipes not empty")
     return args, settings

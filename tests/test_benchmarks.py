@@ -148,9 +148,11 @@ def _check_learning_results(path, trainers):
 def test_learning_quick_smartcash_side(tmp_path):
     out = tmp_path / "learning.json"
     assert bench_learning.main(["--quick", "--skip-ultralytics", "--threads", "1", "--seeds", "0",
-                                "--out", str(out)]) == 0
+                                "--loss-gains", "cls=0.5", "--out", str(out)]) == 0
     results = _check_learning_results(out, {"smartcash"})
     assert results["summary"]["equal_wall_time"] == []
+    assert results["settings"]["loss_gains"] == "cls=0.5"  # both phases ran with it
+    assert all(phase["command"].endswith("--loss-gains cls=0.5") for phase in results["runs"][0]["phases"])
     used = results["runs"][0]["phases"][0]["recipe_used"]
     assert used is None or used["name"] == "scratch"  # auto without --weights: nothing pretrained to keep
 
