@@ -148,7 +148,30 @@ def test_loss_gains_flag_replaces_the_recipes_for_one_run(tmp_path, data_yaml, c
 
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert float(rows[-1]["train/cls_loss"]) == 0.0 and float(rows[-1]["train/box_loss"]) > 0
-    assert "loss weights: box 0.05, obj 1, cls 0 (loss.json x gains {'box': 1.0, 'obj': 1.0, 'cls': 0.0})" in caplog.text
+    assert "loss weights: box 0.05, obj 1, cls 0 (loss.json x gains {'box': 1.0, 'obj': 1.0, 'cls': 0.0}" in caplog.text
     args = read_yaml(run / "args.yaml")
     assert args["loss_gains"] == {"cls": 0.0}
     assert args["recipe_used"]["phase1"]["loss_gains"] == load_recipe("scratch").phase(1).loss_gains
+
+
+def test_separate_objects_take_the_recipes_separate_gains(tmp_path, data_yaml, caplog) -> None:
+    """The tiny synthetic set nests boxes (recipe's loss_gains); the same images labelled with whole
+    notes only are separate objects and train with loss_gains_separate (class loss at half)."""
+    root = tmp_path / "whole"
+    shutil.copytree(Path(data_yaml).parent, root)
+    for label in (root / "labels").rglob("*.txt"):
+        rows = [line for line in label.read_text().splitlines() if line.strip() and int(line.split()[0]) < 7]
+        label.write_text("".join(f"{row}\n" for row in rows))
+    for cache in root.rglob("*.cache"):
+        cache.unlink()
+    separate = load_recipe("scratch").phase(1).loss_gains_separate
+    assert separate == {"box": 1.0, "obj": 1.0, "cls": 0.5} and load_recipe("finetune").phase(1).loss_gains_separate is None
+    caplog.set_level("INFO", logger="smartcash")
+    assert _train(tmp_path, data_yaml, "--epochs", "1", "--name", "nested") == 0
+    assert "cls 0.5 (loss.json x gains {'box': 1.0, 'obj': 1.0, 'cls': 1.0}: recipe's loss_gains)" in caplog.text
+    assert "training boxes lie inside another (nested boxes)" in caplog.text
+    caplog.clear()
+    assert _train(tmp_path, str(root / Path(data_yaml).name), "--epochs", "1", "--name", "separate") == 0
+    assert ("cls 0.25 (loss.json x gains {'box': 1.0, 'obj': 1.0, 'cls': 0.5}: recipe's loss_gains_separate)"
+            in caplog.text)
+    assert "0.0% of" in caplog.text and "(separate objects)" in caplog.text

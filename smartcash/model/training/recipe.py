@@ -43,6 +43,9 @@ class PhaseRecipe:
         close_mosaic: the last this many epochs train without mosaic (on the image sizes the
             model is evaluated at).
         loss_gains: multipliers of loss.json's box / obj / cls weights.
+        loss_gains_separate: optional; the gains instead of ``loss_gains`` when the training labels
+            are separate objects (almost no box inside another, as in photos of whole notes;
+            ``smartcash.data.layout``). Absent or null: ``loss_gains`` whatever the layout.
         loss_scaling: ``yolov5`` also scales obj by (imgsz / 640)^2 (fewer cells, fewer
             negatives per image) and cls by nc / 80, as YOLOv5's train.py does to its hyps (which
             are set for 640 px and 80 classes); ``none`` uses the weights as they are.
@@ -59,10 +62,15 @@ class PhaseRecipe:
     close_mosaic: int
     loss_gains: dict[str, float]
     loss_scaling: str = "none"
+    loss_gains_separate: dict[str, float] | None = None
 
-    def effective_loss_gains(self, imgsz: int, num_classes: int) -> dict[str, float]:
-        """``loss_gains`` with ``loss_scaling`` applied for this image size and class count."""
-        gains = dict(self.loss_gains)
+    def loss_gains_for(self, separate_objects: bool) -> dict[str, float]:
+        """The gains for training labels of this layout (``smartcash.data.layout``)."""
+        return dict(self.loss_gains_separate if separate_objects and self.loss_gains_separate else self.loss_gains)
+
+    def effective_loss_gains(self, imgsz: int, num_classes: int, separate_objects: bool = False) -> dict[str, float]:
+        """``loss_gains_for`` the layout, with ``loss_scaling`` applied for this image size and class count."""
+        gains = self.loss_gains_for(separate_objects)
         if self.loss_scaling == "yolov5":
             gains["obj"] *= (imgsz / 640) ** 2
             gains["cls"] *= num_classes / 80
@@ -107,7 +115,8 @@ def _phase_recipe(values: Any, where: str) -> PhaseRecipe:
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of the phase's settings")
     fields = {field.name: field for field in dataclasses.fields(PhaseRecipe)}
-    unknown, missing = sorted(set(values) - set(fields)), sorted(set(fields) - set(values))
+    required = {name for name, field in fields.items() if field.default is dataclasses.MISSING}
+    unknown, missing = sorted(set(values) - set(fields)), sorted(required - set(values))
     if unknown or missing:
         raise ConfigError(f"{where}: " + "; ".join(
             part for part in (f"unknown key(s) {unknown}" if unknown else "",
@@ -115,6 +124,8 @@ def _phase_recipe(values: Any, where: str) -> PhaseRecipe:
             + f" (see {RECIPE_DIR / 'finetune.yaml'})")
     try:
         gains = {key: float(values["loss_gains"][key]) for key in LOSS_PARTS}
+        separate = values.get("loss_gains_separate")
+        separate = None if separate is None else {key: float(separate[key]) for key in LOSS_PARTS}
         recipe = PhaseRecipe(
             freeze_backbone=bool(values["freeze_backbone"]), head_lr=float(values["head_lr"]),
             backbone_lr=float(values["backbone_lr"]), warmup_epochs=float(values["warmup_epochs"]),
@@ -122,9 +133,10 @@ def _phase_recipe(values: Any, where: str) -> PhaseRecipe:
             warmup_bias_factor=float(values["warmup_bias_factor"]),
             warmup_accumulate=bool(values["warmup_accumulate"]), nominal_batch=int(values["nominal_batch"]),
             close_mosaic=int(values["close_mosaic"]), loss_gains=gains,
-            loss_scaling=str(values["loss_scaling"]))
+            loss_scaling=str(values.get("loss_scaling", "none")), loss_gains_separate=separate)
     except (TypeError, ValueError, KeyError) as error:
-        raise ConfigError(f"{where}: {error!r} (loss_gains needs box, obj and cls numbers)") from error
+        raise ConfigError(f"{where}: {error!r} (loss_gains and loss_gains_separate need box, obj and cls "
+                          "numbers)") from error
     checks = [
         (recipe.head_lr > 0, "head_lr must be > 0"),
         (recipe.freeze_backbone or recipe.backbone_lr > 0, "backbone_lr must be > 0 when the backbone trains"),
@@ -135,7 +147,8 @@ def _phase_recipe(values: Any, where: str) -> PhaseRecipe:
          "group's own LR scrambles what it starts from)"),
         (recipe.nominal_batch >= 1, "nominal_batch must be >= 1"),
         (recipe.close_mosaic >= 0, "close_mosaic must be >= 0"),
-        (all(gain >= 0 for gain in gains.values()), "loss_gains must be >= 0"),
+        (all(gain >= 0 for gain in [*gains.values(), *(separate or {}).values()]),
+         "loss_gains and loss_gains_separate must be >= 0"),
         (recipe.loss_scaling in ("none", "yolov5"), "loss_scaling must be none or yolov5"),
     ]
     for ok, reason in checks:

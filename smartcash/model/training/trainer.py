@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from smartcash.config import TrainConfig, save_config
+from smartcash.data.layout import label_layout
 from smartcash.data.loader import start_epoch
 from smartcash.model.loss import YoloLoss
 from smartcash.model.summary import count_gflops, model_summary
@@ -44,7 +45,7 @@ from smartcash.model.training.core.validation_executor import (ValidationExecuto
                                                                 ValidationSettings)
 from smartcash.model.training.phases import enter_phase
 from smartcash.model.training.precision import training_precision
-from smartcash.model.training.recipe import choose_recipe, resumed_recipe
+from smartcash.model.training.recipe import PhaseRecipe, choose_recipe, resumed_recipe
 from smartcash.model.training.records import ResultsWriter
 from smartcash.model.training.reports import RunReports
 from smartcash.model.training.run_data import build_data, build_precise_bn
@@ -230,14 +231,7 @@ class Trainer:
             logger.info("%s%s", summary, at_imgsz)
             logger.info("precision: %s forward%s (%s)", self.precision.name,
                         ", channels_last" if self.channels_last else "", self.precision.reason)
-        loss_recipe = phase_recipe if not config.loss_gains else dataclasses.replace(
-            phase_recipe, loss_gains={**phase_recipe.loss_gains, **config.loss_gains})
-        self.loss_fn = YoloLoss(model, load_loss_config(),
-                                loss_recipe.effective_loss_gains(config.imgsz, self.taxonomy.num_classes))
-        logger.info("loss weights: box %.4g, obj %.4g, cls %.4g (loss.json x gains %s%s)",
-                    self.loss_fn.box_weight, self.loss_fn.obj_weight, self.loss_fn.cls_weight,
-                    loss_recipe.loss_gains, "" if loss_recipe.loss_scaling == "none"
-                    else f", scaled as {loss_recipe.loss_scaling} for {self.taxonomy.num_classes} classes")
+        self.loss_fn = self._loss(model, phase_recipe)
         self.validator = ValidationExecutor(self.taxonomy, settings=ValidationSettings.from_values(config.to_dict()),
                                             show_progress=dist.is_main)
         self.phase_setup = enter_phase(config.phase, model, config, phase_recipe, len(self.train_loader),
@@ -280,6 +274,24 @@ class Trainer:
         first_closing = max(self.config.epochs - self.close_mosaic, 0)
         if not self._mosaic(epoch) and epoch in (first_closing, self.start_epoch) and self.dist.is_main:
             logger.info("epoch %d: mosaic off for the last %d epochs", epoch, self.config.epochs - epoch)
+
+    def _loss(self, model: nn.Module, phase_recipe: PhaseRecipe) -> YoloLoss:
+        """The recipe's loss gains for the training labels' layout, then the run's --loss-gains."""
+        layout = label_layout(self.train_loader.dataset.labels)
+        gains = phase_recipe.loss_gains_for(layout.separate)
+        source = ("recipe's loss_gains_separate" if layout.separate and phase_recipe.loss_gains_separate
+                  else "recipe's loss_gains")
+        if self.config.loss_gains:
+            gains, source = {**gains, **self.config.loss_gains}, f"{source} + --loss-gains"
+        scaled = dataclasses.replace(phase_recipe, loss_gains=gains, loss_gains_separate=None)
+        loss = YoloLoss(model, load_loss_config(), scaled.effective_loss_gains(self.config.imgsz,
+                                                                               self.taxonomy.num_classes))
+        logger.info("loss weights: box %.4g, obj %.4g, cls %.4g (loss.json x gains %s: %s%s); labels: %s",
+                    loss.box_weight, loss.obj_weight, loss.cls_weight, gains, source,
+                    "" if scaled.loss_scaling == "none"
+                    else f", scaled as {scaled.loss_scaling} for {self.taxonomy.num_classes} classes",
+                    layout.describe())
+        return loss
 
     def _mosaic(self, epoch: int) -> bool:
         """The recipe's closing epochs train on whole images, the way the model is evaluated."""
