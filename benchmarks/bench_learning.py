@@ -159,11 +159,20 @@ def child_env(threads: int) -> dict[str, str]:
     return {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}  # cwd REPO: this checkout's code
 
 
+def _run_args(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "args.yaml"
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+
+
 def recipe_used(run_dir: Path) -> dict[str, Any] | None:
     """``recipe_used`` {name, reason} from a SmartCash phase's args.yaml (None where it is absent)."""
-    path = run_dir / "args.yaml"
-    used = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("recipe_used") if path.is_file() else None
+    used = _run_args(run_dir).get("recipe_used")
     return {"name": used.get("name"), "reason": used.get("reason")} if isinstance(used, dict) else None
+
+
+def loss_used(run_dir: Path) -> dict[str, Any] | None:
+    """``loss_used`` (weights, gains, their source, the labels' layout) from a phase's args.yaml."""
+    return _run_args(run_dir).get("loss_used")
 
 
 def run_smartcash(settings: Settings, data_yaml: Path, recipe: str, seed: int, work: Path) -> dict[str, Any]:
@@ -193,7 +202,8 @@ def run_smartcash(settings: Settings, data_yaml: Path, recipe: str, seed: int, w
                          "mAP50": float(row["metrics/mAP50"]), "mAP50-95": float(row["metrics/mAP50-95"]),
                          "wall_s": offset + seconds, "train_epoch_s": float(row["epoch_time_s"])})
         phases.append({"phase": phase, "epochs": len(results), "wall_s": watched.wall_s, "wall_clock": clock,
-                       "recipe_used": recipe_used(run_dir), "command": " ".join(command[1:])})
+                       "recipe_used": recipe_used(run_dir), "loss_used": loss_used(run_dir),
+                       "command": " ".join(command[1:])})
         offset += watched.wall_s
         print(f"smartcash {recipe} seed {seed} phase {phase}: {watched.wall_s:.1f} s, "
               f"mAP50-95 {rows[-1]['mAP50-95'] if rows else float('nan'):.4f}", file=sys.stderr)
@@ -240,6 +250,18 @@ def source_state() -> dict[str, Any]:
             "uncommitted_changes": None if status is None else bool(status)}
 
 
+def _checked_loss_gains(text: str) -> str:
+    """The flag's text, passed on to SmartCash as given, once its parser accepts it."""
+    import math
+
+    from smartcash.config import LOSS_PARTS, parse_loss_gains
+
+    gains = parse_loss_gains(text)
+    if not set(gains) <= set(LOSS_PARTS) or not all(math.isfinite(gain) and gain >= 0 for gain in gains.values()):
+        raise argparse.ArgumentTypeError(f"{text!r}: parts are {', '.join(LOSS_PARTS)}, gains finite and >= 0")
+    return text
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="synthetic", help="synthetic (default) | synthetic-large | vnd | path to a data.yaml")
@@ -255,7 +277,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--recipes", default="auto", help="comma-separated SmartCash recipes: auto, finetune, "
                                                           "scratch or recipe YAML paths (default auto)")
     parser.add_argument("--weights", default=None, help="SmartCash phase 1 --weights (ultralytics stays random)")
-    parser.add_argument("--loss-gains", default=None, metavar="PART=GAIN[,...]",
+    parser.add_argument("--loss-gains", default=None, metavar="PART=GAIN[,...]", type=_checked_loss_gains,
                         help="SmartCash --loss-gains for both phases (default: the recipe's)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 + 4 synthetic 64 px images, 1 + 1 epochs")

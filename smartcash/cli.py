@@ -15,7 +15,7 @@ import inspect
 import os
 import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -198,6 +198,8 @@ def argv_from_keywords(parser: argparse.ArgumentParser, keywords: dict[str, Any]
                 argv.append(option)
             elif isinstance(action, argparse.BooleanOptionalAction):
                 argv.append(f"--no-{option[2:]}")
+        elif isinstance(value, Mapping):  # loss_gains={"cls": 0.5} -> --loss-gains cls=0.5
+            argv += [option, ",".join(f"{key}={item}" for key, item in value.items())]
         elif isinstance(value, (list, tuple)):
             argv += [option, *(os.fspath(item) if isinstance(item, os.PathLike) else str(item) for item in value)]
         else:

@@ -23,6 +23,9 @@ import yaml
 from smartcash.atomic import atomic_write_text
 from smartcash.model.training.records import RESULTS_COLUMNS
 
+#: The loss terms a gain multiplies (loss.json's weights): recipes' ``loss_gains``, ``--loss-gains``.
+LOSS_PARTS = ("box", "obj", "cls")
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 #: Flags a ``--resume`` may change; everything else comes from the interrupted run's config.
 RESUME_OVERRIDES = ("device", "workers", "threads", "cache", "epochs", "patience", "tensorboard", "mlflow")
@@ -162,14 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_loss_gains(text: str) -> dict[str, float]:
     """``"cls=0.5,box=2"`` -> ``{"cls": 0.5, "box": 2.0}`` (the parts are checked with the config)."""
     gains: dict[str, float] = {}
-    for item in filter(None, (piece.strip() for piece in text.split(","))):
+    for item in (piece.strip() for piece in text.split(",")):
         part, equals, value = item.partition("=")
         try:
             if not equals:
                 raise ValueError
-            gains[part.strip()] = float(value)
+            gain = float(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{item!r}: expected PART=GAIN, e.g. cls=0.5") from None
+        if part.strip() in gains:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} given twice")
+        gains[part.strip()] = gain
     return gains
 
 
@@ -190,7 +196,10 @@ def config_from_arguments(arguments: dict[str, Any]) -> TrainConfig:
         if unknown:
             raise ConfigError(f"{user_yaml}: unknown key(s) {unknown}; valid keys: {sorted(values)}")
         values.update(override)
-    values.update({key: value for key, value in args.items() if value is not None})
+    flags = {key: value for key, value in args.items() if value is not None}
+    if isinstance(values.get("loss_gains"), dict) and "loss_gains" in flags:  # the flag names parts: merge
+        flags["loss_gains"] = {**values["loss_gains"], **flags["loss_gains"]}
+    values.update(flags)
     source = f"{user_yaml or DEFAULT_CONFIG} + command line"
     # One parser for the flag and the YAML: `device: 0` in a YAML is an int, and means GPU 0.
     device = values.get("device")
@@ -345,8 +354,6 @@ def _validate(config: TrainConfig, source: str) -> None:
     if not config.weight_decay >= 0:
         fail("weight_decay", "must be >= 0")
     if config.loss_gains is not None:
-        from smartcash.model.training.recipe import LOSS_PARTS
-
         unknown = sorted(set(config.loss_gains) - set(LOSS_PARTS))
         if unknown:
             fail("loss_gains", f"unknown part(s) {unknown}: the parts are {', '.join(LOSS_PARTS)}")

@@ -153,6 +153,9 @@ def test_learning_quick_smartcash_side(tmp_path):
     assert results["summary"]["equal_wall_time"] == []
     assert results["settings"]["loss_gains"] == "cls=0.5"  # both phases ran with it
     assert all(phase["command"].endswith("--loss-gains cls=0.5") for phase in results["runs"][0]["phases"])
+    assert all(phase["loss_used"]["gains"]["cls"] == 0.5 for phase in results["runs"][0]["phases"])
+    with pytest.raises(SystemExit):
+        bench_learning.main(["--quick", "--loss-gains", "iou=2"])
     used = results["runs"][0]["phases"][0]["recipe_used"]
     assert used is None or used["name"] == "scratch"  # auto without --weights: nothing pretrained to keep
 

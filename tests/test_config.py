@@ -60,6 +60,7 @@ def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:
     ([], "cache: RAM\n", "cache='RAM': must be one of none, ram, disk"),
     (["--loss-gains", "iou=2"], "", "loss_gains={'iou': 2.0}: unknown part(s) ['iou']: the parts are box, obj, cls"),
     (["--loss-gains", "cls=-1"], "", "loss_gains={'cls': -1.0}: gains must be finite and >= 0"),
+    (["--loss-gains", "box=inf"], "", "loss_gains={'box': inf}: gains must be finite and >= 0"),
     ([], "loss_gains: {cls: .nan}\n", "gains must be finite and >= 0"),
     ([], "loss_gains: {cls: high}\n", "loss_gains.cls must be float, got 'high'"),
     ([], "loss_gains: 0.5\n", "loss_gains must be dict"),
@@ -77,7 +78,7 @@ def test_bad_values_are_rejected_with_clear_messages(tmp_path, argv, yaml_text, 
 def test_bad_cli_choice_exits_with_usage() -> None:
     with pytest.raises(SystemExit):
         build_config(["--model", "yolov9"])
-    for gains in ("cls", "cls=half"):
+    for gains in ("cls", "cls=half", "", "cls=1,", "cls=1,cls=2"):
         with pytest.raises(SystemExit):
             build_config(["--loss-gains", gains])
 
@@ -87,8 +88,16 @@ def test_loss_gains_from_flag_or_yaml(tmp_path) -> None:
     config = build_config(["--device", "cpu", "--loss-gains", "cls=0.5, box=2"])
     assert config.loss_gains == {"cls": 0.5, "box": 2.0}
     user = tmp_path / "mine.yaml"
-    user.write_text("loss_gains: {obj: 1}\n")
-    assert build_config(["--device", "cpu", "--config", str(user)]).loss_gains == {"obj": 1.0}
+    user.write_text("loss_gains: {obj: 1, cls: 2}\n")
+    assert build_config(["--device", "cpu", "--config", str(user)]).loss_gains == {"obj": 1.0, "cls": 2.0}
+    merged = build_config(["--device", "cpu", "--config", str(user), "--loss-gains", "cls=0.5"]).loss_gains
+    assert merged == {"obj": 1.0, "cls": 0.5}  # the flag replaces the parts it names
+    from smartcash.cli import argv_from_keywords
+    from smartcash.config import build_parser
+
+    argv = argv_from_keywords(build_parser(), {"loss_gains": {"cls": 0.5, "box": 2}}, "train")  # the Python API
+    assert argv == ["--loss-gains", "cls=0.5,box=2"]
+    assert build_config(["--device", "cpu", *argv]).loss_gains == {"cls": 0.5, "box": 2.0}
     save_config(config, tmp_path / "args.yaml")
     assert TrainConfig.from_dict(read_yaml(tmp_path / "args.yaml"), "args.yaml") == config
 

@@ -18,13 +18,14 @@ def _labels(*boxes: tuple[float, float, float, float]) -> np.ndarray:
 def test_nested_boxes_counted_by_hand() -> None:
     note = (0.1, 0.1, 0.9, 0.9)
     inside = (0.2, 0.2, 0.4, 0.4)  # wholly inside the note
-    mostly = (0.0, 0.5, 0.2, 0.7)  # half of it inside the note (0.1 of 0.2 wide): not nested
+    half = (0.0, 0.5, 0.2, 0.7)  # half of it inside the note (0.1 of 0.2 wide): not nested
     edge = (0.1, 0.5, 0.3, 0.6)  # on the note's edge, all of it inside: nested
-    images = [_labels(note, inside, mostly, edge), _labels(note), _labels(), _labels(note, note)]
+    flat = (0.3, 0.3, 0.5, 0.3)  # no area: inside nothing
+    images = [_labels(note, inside, half, edge), _labels(note), _labels(), _labels(note, note), _labels(note, flat)]
     layout = label_layout(images)
-    # nested: `inside` and `edge`; the note itself and a twin of the same size are not
-    assert layout == LabelLayout(boxes=7, nested=2)
-    assert layout.nested_fraction == pytest.approx(2 / 7) and not layout.separate
+    # nested: `inside` and `edge`; the note itself, a twin of the same size and a box without area are not
+    assert layout == LabelLayout(boxes=9, nested=2)
+    assert layout.nested_fraction == pytest.approx(2 / 9) and not layout.separate
 
 
 def test_share_inside_threshold_is_ninety_percent() -> None:

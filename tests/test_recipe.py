@@ -53,6 +53,16 @@ def test_shipped_recipes_round_trip_and_bias_warmup_is_bounded(tmp_path) -> None
     bad.write_text(re.sub(r"\n  head_lr:[^\n]*", "", text, count=1))
     with pytest.raises(ConfigError, match=r"missing key\(s\) \['head_lr'\]"):
         load_recipe(str(bad))
+    for gains, message in (("{box: 1.0, obj: 1.0, cls: .inf}", "must be finite and >= 0"),
+                           ("{box: 1.0, obj: 1.0, iou: 1.0}", "loss_gains and loss_gains_separate need box, obj")):
+        bad.write_text(text.replace("loss_gains: {box: 1.0, obj: 1.0, cls: 1.0}", f"loss_gains: {gains}", 1))
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(str(bad))
+    # A recipe saved before loss_gains_separate existed (older checkpoints, users' files) loads without it.
+    saved = load_recipe("scratch").to_dict()
+    for phase in ("phase1", "phase2"):
+        del saved[phase]["loss_gains_separate"]
+    assert recipe_from_dict(saved).phase(1).loss_gains_separate is None
 
 
 def test_loss_scaling_follows_yolov5() -> None:
@@ -151,6 +161,8 @@ def test_loss_gains_flag_replaces_the_recipes_for_one_run(tmp_path, data_yaml, c
     assert "loss weights: box 0.05, obj 1, cls 0 (loss.json x gains {'box': 1.0, 'obj': 1.0, 'cls': 0.0}" in caplog.text
     args = read_yaml(run / "args.yaml")
     assert args["loss_gains"] == {"cls": 0.0}
+    assert args["loss_used"]["weights"] == {"box": 0.05, "obj": 1.0, "cls": 0.0}
+    assert args["loss_used"]["source"] == "recipe's loss_gains + --loss-gains"
     assert args["recipe_used"]["phase1"]["loss_gains"] == load_recipe("scratch").phase(1).loss_gains
 
 
@@ -165,7 +177,8 @@ def test_separate_objects_take_the_recipes_separate_gains(tmp_path, data_yaml, c
     for cache in root.rglob("*.cache"):
         cache.unlink()
     separate = load_recipe("scratch").phase(1).loss_gains_separate
-    assert separate == {"box": 1.0, "obj": 1.0, "cls": 0.5} and load_recipe("finetune").phase(1).loss_gains_separate is None
+    assert separate == {"box": 1.0, "obj": 1.0, "cls": 0.5}
+    assert load_recipe("finetune").phase(1).loss_gains_separate is None  # not measured for a pretrained start
     caplog.set_level("INFO", logger="smartcash")
     assert _train(tmp_path, data_yaml, "--epochs", "1", "--name", "nested") == 0
     assert "cls 0.5 (loss.json x gains {'box': 1.0, 'obj': 1.0, 'cls': 1.0}: recipe's loss_gains)" in caplog.text
@@ -175,3 +188,10 @@ def test_separate_objects_take_the_recipes_separate_gains(tmp_path, data_yaml, c
     assert ("cls 0.25 (loss.json x gains {'box': 1.0, 'obj': 1.0, 'cls': 0.5}: recipe's loss_gains_separate)"
             in caplog.text)
     assert "0.0% of" in caplog.text and "(separate objects)" in caplog.text
+    used = read_yaml(tmp_path / "runs/train/separate/phase1/args.yaml")["loss_used"]
+    assert used["gains"] == separate and used["label_layout"]["nested"] == 0 and used["label_layout"]["boxes"] > 0
+    caplog.clear()  # the run's own --loss-gains goes on top of the layout's gains
+    assert _train(tmp_path, str(root / Path(data_yaml).name), "--epochs", "1", "--name", "both",
+                  "--loss-gains", "obj=2") == 0
+    assert ("(loss.json x gains {'box': 1.0, 'obj': 2.0, 'cls': 0.5}: recipe's loss_gains_separate + --loss-gains)"
+            in caplog.text)

@@ -56,6 +56,7 @@ def label_layout(labels: Sequence[np.ndarray]) -> LabelLayout:
         high = np.minimum(corners[:, None, 2:], corners[None, :, 2:])
         overlap = np.clip(high - low, 0, None).prod(axis=2)  # (n, n): box i's area inside box j
         area = xywh[:, 2] * xywh[:, 3]  # (n,)
-        inside = (overlap >= INSIDE_SHARE * area[:, None]) & (area[None, :] > area[:, None])  # (n, n)
+        inside = ((overlap >= INSIDE_SHARE * area[:, None]) & (area[None, :] > area[:, None])
+                  & (area[:, None] > 0))  # (n, n); a box without area lies inside nothing
         nested += int(inside.any(axis=1).sum())
     return LabelLayout(boxes, nested)

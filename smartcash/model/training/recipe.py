@@ -11,18 +11,17 @@ saves in ``args.yaml`` and the checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smartcash.config import ConfigError, read_yaml
+from smartcash.config import LOSS_PARTS, ConfigError, read_yaml
 
 RECIPE_DIR = Path(__file__).resolve().parents[3] / "configs" / "recipes"
 RECIPE_NAMES = ("finetune", "scratch")
 #: Bias warm-up starts at most this many times a group's own LR (YOLOv5: 0.1 over lr0 0.01).
 MAX_WARMUP_BIAS_FACTOR = 10.0
-#: The loss terms a gain multiplies (loss.json's weights).
-LOSS_PARTS = ("box", "obj", "cls")
 
 
 @dataclass(frozen=True)
@@ -68,9 +67,9 @@ class PhaseRecipe:
         """The gains for training labels of this layout (``smartcash.data.layout``)."""
         return dict(self.loss_gains_separate if separate_objects and self.loss_gains_separate else self.loss_gains)
 
-    def effective_loss_gains(self, imgsz: int, num_classes: int, separate_objects: bool = False) -> dict[str, float]:
-        """``loss_gains_for`` the layout, with ``loss_scaling`` applied for this image size and class count."""
-        gains = self.loss_gains_for(separate_objects)
+    def effective_loss_gains(self, imgsz: int, num_classes: int) -> dict[str, float]:
+        """``loss_gains`` with ``loss_scaling`` applied for this image size and class count."""
+        gains = dict(self.loss_gains)
         if self.loss_scaling == "yolov5":
             gains["obj"] *= (imgsz / 640) ** 2
             gains["cls"] *= num_classes / 80
@@ -123,9 +122,8 @@ def _phase_recipe(values: Any, where: str) -> PhaseRecipe:
                               f"missing key(s) {missing}" if missing else "") if part)
             + f" (see {RECIPE_DIR / 'finetune.yaml'})")
     try:
-        gains = {key: float(values["loss_gains"][key]) for key in LOSS_PARTS}
-        separate = values.get("loss_gains_separate")
-        separate = None if separate is None else {key: float(separate[key]) for key in LOSS_PARTS}
+        gains = _gains(values["loss_gains"])
+        separate = None if values.get("loss_gains_separate") is None else _gains(values["loss_gains_separate"])
         recipe = PhaseRecipe(
             freeze_backbone=bool(values["freeze_backbone"]), head_lr=float(values["head_lr"]),
             backbone_lr=float(values["backbone_lr"]), warmup_epochs=float(values["warmup_epochs"]),
@@ -147,14 +145,21 @@ def _phase_recipe(values: Any, where: str) -> PhaseRecipe:
          "group's own LR scrambles what it starts from)"),
         (recipe.nominal_batch >= 1, "nominal_batch must be >= 1"),
         (recipe.close_mosaic >= 0, "close_mosaic must be >= 0"),
-        (all(gain >= 0 for gain in [*gains.values(), *(separate or {}).values()]),
-         "loss_gains and loss_gains_separate must be >= 0"),
+        (all(math.isfinite(gain) and gain >= 0 for gain in [*gains.values(), *(separate or {}).values()]),
+         "loss_gains and loss_gains_separate must be finite and >= 0"),
         (recipe.loss_scaling in ("none", "yolov5"), "loss_scaling must be none or yolov5"),
     ]
     for ok, reason in checks:
         if not ok:
             raise ConfigError(f"{where}: {reason}")
     return recipe
+
+
+def _gains(values: Any) -> dict[str, float]:
+    """A recipe's box / obj / cls gains: exactly those parts, as numbers."""
+    if not isinstance(values, dict) or set(values) != set(LOSS_PARTS):
+        raise KeyError(f"parts {sorted(values) if isinstance(values, dict) else values!r}, expected {list(LOSS_PARTS)}")
+    return {key: float(values[key]) for key in LOSS_PARTS}
 
 
 def recipe_from_dict(saved: dict[str, Any], where: str = "checkpoint") -> Recipe:

@@ -256,7 +256,7 @@ class Trainer:
         if dist.is_main:
             self.folder_lock = run_lock.acquire(self.run_dir)  # this run owns the folder from here to the end
             prepare_run_dir(config)
-            resolved = {"recipe_used": self.recipe.to_dict()}
+            resolved = {"recipe_used": self.recipe.to_dict(), "loss_used": self.loss_used}
             save_config(config, self.run_dir / "args.yaml", resolved)
             self.records = ResultsWriter(self.run_dir / "results.csv", config.records_flush_every,
                                          resume_before_epoch=self.start_epoch if start.resume else None,
@@ -286,6 +286,10 @@ class Trainer:
         scaled = dataclasses.replace(phase_recipe, loss_gains=gains, loss_gains_separate=None)
         loss = YoloLoss(model, load_loss_config(), scaled.effective_loss_gains(self.config.imgsz,
                                                                                self.taxonomy.num_classes))
+        # What args.yaml records: the weights, the gains and where they came from, the layout behind them.
+        self.loss_used = {"weights": {"box": loss.box_weight, "obj": loss.obj_weight, "cls": loss.cls_weight},
+                          "gains": gains, "source": source,
+                          "label_layout": {"boxes": layout.boxes, "nested": layout.nested}}
         logger.info("loss weights: box %.4g, obj %.4g, cls %.4g (loss.json x gains %s: %s%s); labels: %s",
                     loss.box_weight, loss.obj_weight, loss.cls_weight, gains, source,
                     "" if scaled.loss_scaling == "none"
