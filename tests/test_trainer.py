@@ -78,6 +78,7 @@ def test_two_phases_end_to_end(tmp_path, data_yaml) -> None:
     assert set(best1) == CHECKPOINT_KEYS
     args = read_yaml(phase1 / "args.yaml")
     assert best1["recipe"] == args.pop("recipe_used") and best1["recipe"]["name"] == "finetune"
+    assert args.pop("loss_used")["weights"] == {"box": 0.05, "obj": 1.0, "cls": 0.5}  # finetune: loss.json's own
     assert best1["config"] == args
     assert "phase 1 trained with recipe finetune" in _load(phase2 / "weights/best.pt")["recipe"]["reason"]
     assert best1["anchors"].shape == (3, 3, 2) and best1["taxonomy"]["fine_classes"][14]["name"] == "security_thread"
