@@ -252,13 +252,11 @@ def source_state() -> dict[str, Any]:
 
 def _checked_loss_gains(text: str) -> str:
     """The flag's text, passed on to SmartCash as given, once its parser accepts it."""
-    import math
+    from smartcash.config import loss_gains_problem, parse_loss_gains
 
-    from smartcash.config import LOSS_PARTS, parse_loss_gains
-
-    gains = parse_loss_gains(text)
-    if not set(gains) <= set(LOSS_PARTS) or not all(math.isfinite(gain) and gain >= 0 for gain in gains.values()):
-        raise argparse.ArgumentTypeError(f"{text!r}: parts are {', '.join(LOSS_PARTS)}, gains finite and >= 0")
+    problem = loss_gains_problem(parse_loss_gains(text))
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
     return text
 
 

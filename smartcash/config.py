@@ -162,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def loss_gains_problem(gains: dict[str, float]) -> str | None:
+    """Why these loss gains are refused (a part that is not box / obj / cls, a gain that is not finite
+    and >= 0), or None: one check for the config, the recipes and the benchmark's flag."""
+    unknown = sorted(set(gains) - set(LOSS_PARTS))
+    if unknown:
+        return f"unknown part(s) {unknown}: the parts are {', '.join(LOSS_PARTS)}"
+    if not all(math.isfinite(gain) and gain >= 0 for gain in gains.values()):
+        return "gains must be finite and >= 0"
+    return None
+
+
 def parse_loss_gains(text: str) -> dict[str, float]:
     """``"cls=0.5,box=2"`` -> ``{"cls": 0.5, "box": 2.0}`` (the parts are checked with the config)."""
     gains: dict[str, float] = {}
@@ -353,12 +364,9 @@ def _validate(config: TrainConfig, source: str) -> None:
             fail(key, "must be > 0")
     if not config.weight_decay >= 0:
         fail("weight_decay", "must be >= 0")
-    if config.loss_gains is not None:
-        unknown = sorted(set(config.loss_gains) - set(LOSS_PARTS))
-        if unknown:
-            fail("loss_gains", f"unknown part(s) {unknown}: the parts are {', '.join(LOSS_PARTS)}")
-        if not all(math.isfinite(gain) and gain >= 0 for gain in config.loss_gains.values()):
-            fail("loss_gains", "gains must be finite and >= 0")
+    problem = None if config.loss_gains is None else loss_gains_problem(config.loss_gains)
+    if problem:
+        fail("loss_gains", problem)
     for key in ("warmup_epochs", "close_mosaic"):
         if getattr(config, key) is not None and not getattr(config, key) >= 0:
             fail(key, "must be >= 0 (or null: the recipe's)")

@@ -11,12 +11,11 @@ saves in ``args.yaml`` and the checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smartcash.config import LOSS_PARTS, ConfigError, read_yaml
+from smartcash.config import LOSS_PARTS, ConfigError, loss_gains_problem, read_yaml
 
 RECIPE_DIR = Path(__file__).resolve().parents[3] / "configs" / "recipes"
 RECIPE_NAMES = ("finetune", "scratch")
@@ -145,7 +144,7 @@ def _phase_recipe(values: Any, where: str) -> PhaseRecipe:
          "group's own LR scrambles what it starts from)"),
         (recipe.nominal_batch >= 1, "nominal_batch must be >= 1"),
         (recipe.close_mosaic >= 0, "close_mosaic must be >= 0"),
-        (all(math.isfinite(gain) and gain >= 0 for gain in [*gains.values(), *(separate or {}).values()]),
+        (not any(loss_gains_problem(each) for each in (gains, separate or {})),
          "loss_gains and loss_gains_separate must be finite and >= 0"),
         (recipe.loss_scaling in ("none", "yolov5"), "loss_scaling must be none or yolov5"),
     ]
