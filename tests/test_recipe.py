@@ -195,3 +195,37 @@ def test_separate_objects_take_the_recipes_separate_gains(tmp_path, data_yaml, c
                   "--loss-gains", "obj=2") == 0
     assert ("(loss.json x gains {'box': 1.0, 'obj': 2.0, 'cls': 0.5}: recipe's loss_gains_separate + --loss-gains)"
             in caplog.text)
+
+
+def test_a_resumed_run_keeps_the_loss_gains_it_started_with(tmp_path, data_yaml, caplog, monkeypatch) -> None:
+    """Labels edited between an interrupt and --resume (here: only whole notes left, a separate-
+    object layout) do not change the gains mid-run: the checkpoint carries ``loss_used``."""
+    root = tmp_path / "data"
+    shutil.copytree(Path(data_yaml).parent, root)
+    data = str(root / Path(data_yaml).name)
+    original = trainer_module.Trainer.before_epoch
+
+    def interrupt_at_epoch_1(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(trainer_module.Trainer, "before_epoch", interrupt_at_epoch_1)
+    assert _train(tmp_path, data, "--epochs", "2", "--name", "cut") == 130
+    monkeypatch.setattr(trainer_module.Trainer, "before_epoch", original)
+    last = tmp_path / "runs/train/cut/phase1/weights/last.pt"
+    saved = torch.load(last, weights_only=True)["loss_used"]
+    assert saved["gains"] == {"box": 1.0, "obj": 1.0, "cls": 1.0} and saved["label_layout"]["nested"] > 0
+    for label in (root / "labels").rglob("*.txt"):  # now the labels read as separate objects
+        rows = [line for line in label.read_text().splitlines() if line.strip() and int(line.split()[0]) < 7]
+        label.write_text("".join(f"{row}\n" for row in rows))
+    for cache in root.rglob("*.cache"):
+        cache.unlink()
+    caplog.set_level("INFO", logger="smartcash")
+    assert _train(tmp_path, data, "--name", "cut", "--resume") == 0
+    assert ("cls 0.5 (loss.json x gains {'box': 1.0, 'obj': 1.0, 'cls': 1.0}: recipe's loss_gains"
+            f"{trainer_module.KEPT_ON_RESUME})") in caplog.text
+    assert "(separate objects)" in caplog.text  # the layout is still reported as it is now
+    used = read_yaml(tmp_path / "runs/train/cut/phase1/args.yaml")["loss_used"]
+    assert used["gains"] == saved["gains"] and used["source"].endswith(trainer_module.KEPT_ON_RESUME)
+    assert torch.load(last, weights_only=True)["loss_used"]["gains"] == saved["gains"]

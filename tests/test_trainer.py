@@ -35,7 +35,7 @@ from tiny_training import tiny_dataset, train_tiny
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_KEYS = {"version", "date", "phase", "epoch", "interrupted", "model_name", "num_classes", "anchors",
                    "model", "ema", "ema_updates", "optimizer", "scaler", "scheduler", "iteration", "best_fitness",
-                   "early_stopping", "metrics", "results", "rng", "config", "taxonomy", "recipe"}
+                   "early_stopping", "metrics", "results", "rng", "config", "taxonomy", "recipe", "loss_used"}
 REQUIRED_COLUMNS = {"epoch", "phase", "train/box_loss", "train/obj_loss", "train/cls_loss", "val/box_loss",
                     "val/obj_loss", "val/cls_loss", "metrics/precision", "metrics/recall", "metrics/mAP50",
                     "metrics/mAP50-95", "metrics/main_mAP50", "metrics/main_mAP50-95",

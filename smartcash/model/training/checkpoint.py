@@ -13,6 +13,8 @@ Every checkpoint loads with ``torch.load(weights_only=True)``: it is data, never
   values, ``python`` list)
 - ``config`` (``TrainConfig.to_dict()``), ``taxonomy`` (``Taxonomy.to_dict()``), ``recipe``
   (``RecipeChoice.to_dict()``), ``results`` (list of every results.csv row so far)
+- ``loss_used`` (dict: the loss weights, gains, their source and the label layout behind them, as
+  args.yaml records them; a resumed run trains with these gains, whatever the labels say now)
 
 ``checkpoint_state`` makes that dict from a run's pieces; ``resume_from`` puts it back;
 ``find_start_point`` says which checkpoint a run starts from.
@@ -140,7 +142,8 @@ def find_start_point(config: TrainConfig) -> StartPoint:
 def checkpoint_state(*, config: TrainConfig, taxonomy: Taxonomy, recipe: RecipeChoice, model: nn.Module,
                      ema: ModelEMA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                      phase_setup: PhaseSetup, epoch: int, batches_per_epoch: int, last_row: dict[str, float],
-                     results: list[dict[str, float]], interrupted: bool) -> dict[str, Any]:
+                     results: list[dict[str, float]], interrupted: bool,
+                     loss_used: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything needed to resume, as plain data (see the module docstring for the keys).
 
     Args:
@@ -162,6 +165,7 @@ def checkpoint_state(*, config: TrainConfig, taxonomy: Taxonomy, recipe: RecipeC
         "metrics": dict(last_row), "rng": rng_state(),
         "results": [dict(row) for row in results],
         "config": config.to_dict(), "taxonomy": taxonomy.to_dict(), "recipe": recipe.to_dict(),
+        "loss_used": dict(loss_used or {}),
     }
 
 

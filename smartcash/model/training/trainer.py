@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -64,6 +64,8 @@ if TYPE_CHECKING:
     from smartcash.data.dataset import Batch
 
 logger = logging.getLogger(__name__)
+#: Appended to the loss gains' source when a resumed run keeps the interrupted run's gains.
+KEPT_ON_RESUME = ", kept from the interrupted run on --resume"
 Item = TypeVar("Item")
 
 
@@ -231,7 +233,8 @@ class Trainer:
             logger.info("%s%s", summary, at_imgsz)
             logger.info("precision: %s forward%s (%s)", self.precision.name,
                         ", channels_last" if self.channels_last else "", self.precision.reason)
-        self.loss_fn = self._loss(model, phase_recipe)
+        saved_loss = start.state.get("loss_used") if start.resume and start.state else None
+        self.loss_fn = self._loss(model, phase_recipe, saved_loss)
         self.validator = ValidationExecutor(self.taxonomy, settings=ValidationSettings.from_values(config.to_dict()),
                                             show_progress=dist.is_main)
         self.phase_setup = enter_phase(config.phase, model, config, phase_recipe, len(self.train_loader),
@@ -275,14 +278,20 @@ class Trainer:
         if not self._mosaic(epoch) and epoch in (first_closing, self.start_epoch) and self.dist.is_main:
             logger.info("epoch %d: mosaic off for the last %d epochs", epoch, self.config.epochs - epoch)
 
-    def _loss(self, model: nn.Module, phase_recipe: PhaseRecipe) -> YoloLoss:
-        """The recipe's loss gains for the training labels' layout, then the run's --loss-gains."""
+    def _loss(self, model: nn.Module, phase_recipe: PhaseRecipe, saved: dict[str, Any] | None = None) -> YoloLoss:
+        """The recipe's loss gains for the training labels' layout, then the run's --loss-gains;
+        ``saved``: a resumed run's ``loss_used``, whose gains it keeps (its labels may have changed)."""
         layout = label_layout(self.train_loader.dataset.labels)
-        gains = phase_recipe.loss_gains_for(layout.separate)
-        source = ("recipe's loss_gains_separate" if layout.separate and phase_recipe.loss_gains_separate
-                  else "recipe's loss_gains")
-        if self.config.loss_gains:
-            gains, source = {**gains, **self.config.loss_gains}, f"{source} + --loss-gains"
+        if saved and saved.get("gains"):
+            gains = {part: float(gain) for part, gain in saved["gains"].items()}
+            source = str(saved.get("source", "recipe"))
+            source += "" if source.endswith(KEPT_ON_RESUME) else KEPT_ON_RESUME
+        else:
+            gains = phase_recipe.loss_gains_for(layout.separate)
+            source = ("recipe's loss_gains_separate" if layout.separate and phase_recipe.loss_gains_separate
+                      else "recipe's loss_gains")
+            if self.config.loss_gains:
+                gains, source = {**gains, **self.config.loss_gains}, f"{source} + --loss-gains"
         scaled = dataclasses.replace(phase_recipe, loss_gains=gains, loss_gains_separate=None)
         loss = YoloLoss(model, load_loss_config(), scaled.effective_loss_gains(self.config.imgsz,
                                                                                self.taxonomy.num_classes))
@@ -439,7 +448,7 @@ class Trainer:
             config=self.config, taxonomy=self.taxonomy, recipe=self.recipe, model=unwrap(self.model), ema=self.ema,
             optimizer=self.optimizer, scaler=self.scaler, phase_setup=self.phase_setup, epoch=self.epoch,
             batches_per_epoch=len(self.train_loader), last_row=self.last_row, results=self.records.rows,
-            interrupted=interrupted)
+            interrupted=interrupted, loss_used=self.loss_used)
         data = checkpoint_bytes(state)
         save_checkpoint(self.weights_dir / "last.pt", data)
         if improved:
