@@ -91,6 +91,16 @@ def _train(tmp_path: Path, data_yaml: str, *flags: str) -> int:
     return train_tiny(tmp_path, data_yaml, *flags, precise_bn_images=4)
 
 
+def _keep_whole_notes_only(root: Path) -> None:
+    """Drop every label but the whole notes (classes 0..6) under ``root``: the tiny set's nested
+    layers become separate objects. Label caches are removed so the next scan reads the change."""
+    for label in (root / "labels").rglob("*.txt"):
+        rows = [line for line in label.read_text().splitlines() if line.strip() and int(line.split()[0]) < 7]
+        label.write_text("".join(f"{row}\n" for row in rows))
+    for cache in root.rglob("*.cache"):
+        cache.unlink()
+
+
 def test_default_run_from_scratch_trains_every_layer_and_closes_mosaic(tmp_path, data_yaml, monkeypatch) -> None:
     mosaic_by_epoch = {}
     original = trainer_module.start_epoch
@@ -171,11 +181,7 @@ def test_separate_objects_take_the_recipes_separate_gains(tmp_path, data_yaml, c
     notes only are separate objects and train with loss_gains_separate (class loss at half)."""
     root = tmp_path / "whole"
     shutil.copytree(Path(data_yaml).parent, root)
-    for label in (root / "labels").rglob("*.txt"):
-        rows = [line for line in label.read_text().splitlines() if line.strip() and int(line.split()[0]) < 7]
-        label.write_text("".join(f"{row}\n" for row in rows))
-    for cache in root.rglob("*.cache"):
-        cache.unlink()
+    _keep_whole_notes_only(root)
     separate = load_recipe("scratch").phase(1).loss_gains_separate
     assert separate == {"box": 1.0, "obj": 1.0, "cls": 0.5}
     assert load_recipe("finetune").phase(1).loss_gains_separate is None  # not measured for a pretrained start
@@ -216,11 +222,7 @@ def test_a_resumed_run_keeps_the_loss_gains_it_started_with(tmp_path, data_yaml,
     last = tmp_path / "runs/train/cut/phase1/weights/last.pt"
     saved = torch.load(last, weights_only=True)["loss_used"]
     assert saved["gains"] == {"box": 1.0, "obj": 1.0, "cls": 1.0} and saved["label_layout"]["nested"] > 0
-    for label in (root / "labels").rglob("*.txt"):  # now the labels read as separate objects
-        rows = [line for line in label.read_text().splitlines() if line.strip() and int(line.split()[0]) < 7]
-        label.write_text("".join(f"{row}\n" for row in rows))
-    for cache in root.rglob("*.cache"):
-        cache.unlink()
+    _keep_whole_notes_only(root)  # now the labels read as separate objects
     caplog.set_level("INFO", logger="smartcash")
     assert _train(tmp_path, data, "--name", "cut", "--resume") == 0
     assert ("cls 0.5 (loss.json x gains {'box': 1.0, 'obj': 1.0, 'cls': 1.0}: recipe's loss_gains"
