@@ -74,10 +74,49 @@ def looks_like_checkpoint(path: Path) -> bool:
     """True when ``path`` starts like a PyTorch checkpoint (zip archive or pickle)."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(4)
+            return _starts_like_checkpoint(handle.read(4))
     except OSError:
         return False
+
+
+def _starts_like_checkpoint(head: bytes) -> bool:
     return any(head.startswith(magic) for magic in _CHECKPOINT_MAGIC)
+
+
+def checkpoint_file(flag: str, path: str | os.PathLike[str]) -> Path:
+    """An existing, readable file that starts like a PyTorch checkpoint (what val and predict load).
+
+    Raises:
+        UsageError: no such file, a folder, or not readable (exit 2: a wrong input).
+        CheckpointError: a file that is no checkpoint by its first bytes, such as a text file or a
+            saved web page (exit 1: an unreadable checkpoint, as training reports its --weights).
+    """
+    path = input_file(flag, path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if _starts_like_checkpoint(head):
+        return path
+    from smartcash.model.training.checkpoint import CheckpointError
+
+    what = "an empty file" if not head else f"its first bytes are {head!r}"
+    raise CheckpointError(f"{flag} {path}: not a weights file ({what}; expected a checkpoint (.pt) written by "
+                          "smartcash.train)")
+
+
+def is_plain_folder_name(name: str) -> bool:
+    """One path component (not '', '.' or '..'): a run's folder under PROJECT stays inside it."""
+    return bool(name) and Path(name).name == name and name not in (".", "..")
+
+
+def plain_folder_name(flag: str, name: str) -> str:
+    """``name`` when it is a plain folder name (``is_plain_folder_name``).
+
+    Raises:
+        UsageError: it has a '/' or is '', '.' or '..'.
+    """
+    if not is_plain_folder_name(name):
+        raise UsageError(f"{flag} {name!r}: must be a plain folder name (no '/')")
+    return name
 
 
 def output_file(flag: str, path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from smartcash.atomic import atomic_write_text
+from smartcash.cli import is_plain_folder_name
 from smartcash.model.training.records import RESULTS_COLUMNS
 
 #: The loss terms a gain multiplies (loss.json's weights): recipes' ``loss_gains``, ``--loss-gains``.
@@ -58,6 +59,7 @@ class TrainConfig:
     project: str
     name: str
     resume: bool
+    exist_ok: bool
     seed: int
     augment: bool
     autoanchor: bool
@@ -98,6 +100,11 @@ class TrainConfig:
 
     def phase_dir(self, phase: int) -> Path:
         return Path(self.project) / "train" / self.name / f"phase{phase}"
+
+    def command(self, phase: int, *flags: str) -> str:
+        """The ``python -m smartcash.train`` line that reaches this run's ``phase`` (for hints)."""
+        project = "" if self.project == default_values()["project"] else f" --project {self.project}"
+        return " ".join((f"python -m smartcash.train --phase {phase} --name {self.name}{project}", *flags))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (saved as ``args.yaml`` and inside every checkpoint)."""
@@ -145,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", help="YAML overriding configs/default.yaml (flags override both)")
     add("--resume", action="store_const", const=True, default=None,
         help="continue PROJECT/train/NAME/phaseN/weights/last.pt")
+    add("--exist-ok", dest="exist_ok", action="store_const", const=True, default=None,
+        help="replace the previous run of this name and phase (default: keep it in "
+        "phaseN/previous/<time>/; an unfinished one is refused: --resume it)")
     add("--recipe", help="auto | finetune | scratch | recipe.yaml (default auto: finetune when "
         "--weights loaded a pretrained backbone, else scratch; phase 2: phase 1's)")
     add("--precise-bn", dest="precise_bn_images", type=int,
@@ -377,7 +387,7 @@ def _validate(config: TrainConfig, source: str) -> None:
             fail(key, "must be in [0, 1)")
     if not 0 < config.final_lr_fraction <= 1:
         fail("final_lr_fraction", "must be in (0, 1]")
-    if not config.name or Path(config.name).name != config.name or config.name in (".", ".."):
+    if not is_plain_folder_name(config.name):
         fail("name", "must be a plain folder name (no '/')")
     if config.early_stop_metric not in EARLY_STOP_METRICS:
         fail("early_stop_metric", f"must be one of {', '.join(EARLY_STOP_METRICS)} (results.csv columns; "

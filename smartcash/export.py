@@ -11,7 +11,8 @@ NMS is left to the caller). The batch axis is dynamic unless ``--no-dynamic``. C
 onnx and onnxruntime are optional (the ``dev`` extra) and imported only here, when needed.
 The file is written once, atomically, after the checks; it never replaces the checkpoint it was
 made from, nor any other checkpoint. Exit codes (``smartcash.cli``): 0 done, 1 the export or its
-check failed, 2 bad flags or weights (or onnx missing), 130 Ctrl-C.
+check failed or --weights is no SmartCash checkpoint, 2 bad flags, a missing --weights (or onnx
+missing), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def prepare_export(args: argparse.Namespace) -> tuple[Path, Any, Any, dict[str, 
     """Check the flags and onnx, load the checkpoint: (output path, model, taxonomy, checkpoint).
 
     Raises:
-        UsageError, ExportError (onnx missing), CheckpointError: the CLI's exit 2.
+        UsageError, ExportError (onnx missing): the CLI's exit 2; CheckpointError: its exit 1.
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from smartcash.inference import load_model
@@ -244,9 +245,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         prepared = prepare_export(args)
-    except (CheckpointError, ExportError, UsageError) as error:
+    except (ExportError, UsageError) as error:
         print_error(error)
         return EXIT_USAGE
+    except CheckpointError as error:  # --weights exists (checked first) but is no SmartCash checkpoint
+        print_error(error)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted: nothing exported", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -7,8 +7,9 @@ authentication features present. Writes the images with their detections drawn, 
 (default ``runs/predict/exp``, ``exp2`` ...). Unreadable images are reported and skipped.
 
 Exit status (``smartcash.cli``): 0 when at least one image was processed, 1 when none could be
-(or the results could not be written), 2 for bad arguments (missing weights, no images found,
-thresholds out of range, a save folder that cannot be written), 130 on Ctrl-C (after writing the
+(or the weights file is an unreadable checkpoint, or the results could not be written), 2 for bad
+arguments (missing weights, no images found, thresholds out of range, a --name that is not a plain
+folder name, a save folder that cannot be written), 130 on Ctrl-C (after writing the
 results of the images done so far). Images inside the save folder, or inside an earlier run's
 output (a folder holding ``predictions.json``), are never predicted.
 """
@@ -202,8 +203,12 @@ def predict_images(predictor: Predictor, images: Sequence[Path], source: Path, s
 
 
 def _check_arguments(args: argparse.Namespace) -> Path:
-    """The checked flags; returns the save folder (not made yet)."""
-    from smartcash.cli import at_least, in_range, input_file, writable_folder
+    """The checked flags; returns the save folder (not made yet).
+
+    Raises:
+        ArgumentsError, UsageError: a bad flag (exit 2). CheckpointError: weights that are no checkpoint (exit 1).
+    """
+    from smartcash.cli import at_least, checkpoint_file, in_range, input_file, plain_folder_name, writable_folder
 
     if not Path(args.weights).exists():
         raise ArgumentsError(f"--weights {args.weights}: no such file (a .pt written by smartcash.train)")
@@ -213,6 +218,7 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     for flag, value in (("--max-det", args.max_det), ("--batch", args.batch)):
         at_least(flag, value, 1)
     at_least("--imgsz", args.imgsz, 32)
+    plain_folder_name("--name", args.name)  # PROJECT/predict/NAME: never outside PROJECT
     save_dir = Path(args.save_dir) if args.save_dir else increment_dir(Path(args.project) / "predict", args.name)
     if save_dir.is_file():
         raise ArgumentsError(f"--save-dir {save_dir}: is a file; give a folder")
@@ -224,6 +230,7 @@ def _check_arguments(args: argparse.Namespace) -> Path:
         raise ArgumentsError(f"--save-dir {save_dir}: holds other files, which drawn images could replace; give "
                              "a new or empty folder (or an earlier predict output)")
     writable_folder("--save-dir", save_dir)
+    checkpoint_file("--weights", args.weights)  # last: a wrong flag is reported first
     return save_dir
 
 
@@ -244,7 +251,8 @@ def prepare_prediction(args: argparse.Namespace) -> tuple[Predictor, list[Path],
     """Check the flags, find the images, load the model: (predictor, images, save folder not made yet).
 
     Raises:
-        ArgumentsError, UsageError, CheckpointError, ConfigError, ValueError: the CLI's exit 2.
+        ArgumentsError, UsageError, ConfigError, ValueError: the CLI's exit 2.
+        CheckpointError: the weights file is no SmartCash checkpoint, or an unreadable one (exit 1).
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     import torch
@@ -296,8 +304,9 @@ def predict(**flags: Any) -> list[ImagePrediction]:
 
     Raises:
         TypeError: an unknown keyword. ValueError (UsageError, ArgumentsError ...): bad flags,
-        weights or source. OSError: the save folder could not be written. KeyboardInterrupt after
-        writing the results of the images done.
+        missing weights or source. CheckpointError (RuntimeError): an unreadable checkpoint.
+        OSError: the save folder could not be written. KeyboardInterrupt after writing the results
+        of the images done.
     """
     from smartcash.cli import parse_keywords
 
@@ -318,9 +327,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         predictor, images, save_dir = prepare_prediction(args)
-    except (ArgumentsError, CheckpointError, ConfigError, UsageError, ValueError) as error:
+    except (ArgumentsError, ConfigError, UsageError, ValueError) as error:
         print_error(error)
         return EXIT_USAGE
+    except CheckpointError as error:  # the file is there but unreadable: as training, exit 1
+        print_error(error)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted: nothing predicted", file=sys.stderr)
         return EXIT_INTERRUPTED

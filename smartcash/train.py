@@ -48,6 +48,10 @@ def resume_config(cli: TrainConfig, explicit: set[str]) -> TrainConfig:
     ignored = sorted(explicit - set(RESUME_OVERRIDES) - {"resume", "phase", "name", "project", "config"})
     if ignored:
         logger.warning("--resume continues %s with its saved settings; ignoring %s", path, ", ".join(ignored))
+    done = int(state.get("epoch", -1)) + 1  # epochs completed
+    if "epochs" in changed and changed["epochs"] <= done:
+        logger.warning("--resume --epochs %d: %s has already trained %d epochs; nothing is left to train "
+                       "(--epochs is the total: pass more than %d to train on)", changed["epochs"], path, done, done)
     # The run continues in the folder the user named, even when it was copied or moved there:
     # the saved project/name would point back at the run it was copied from.
     here = {"project": cli.project, "name": cli.name, "phase": cli.phase}
@@ -125,10 +129,13 @@ def training_config(arguments: dict[str, Any]) -> TrainConfig:
     Raises:
         ConfigError: a bad flag or config value; CheckpointError: ``last.pt`` missing or unreadable.
     """
+    from smartcash.model.training.run_folder import refuse_to_bury_an_unfinished_run
+
     config = config_from_arguments(arguments)
     if config.resume:
         explicit = {key for key, value in arguments.items() if value is not None}
         config = resume_config(config, explicit)
+    refuse_to_bury_an_unfinished_run(config)
     return config
 
 
@@ -208,9 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         last = config.run_dir / "weights" / "last.pt"
         how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         saved = f"{last} saved; continue with" if last.is_file() else "nothing saved yet; start again with"
-        resume = " --resume" if last.is_file() else ""
-        print(f"{how}: {saved} `python -m smartcash.train --phase {config.phase} --name {config.name}{resume}`",
-              file=sys.stderr)
+        command = config.command(config.phase, *(("--resume",) if last.is_file() else ()))
+        print(f"{how}: {saved} `{command}`", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
     except RunFolderBusyError as error:  # another run of this name and phase is training
         print_error(error)

@@ -4,8 +4,9 @@ save plots and optionally the full result as JSON; ``validate(**flags)`` does th
 
 The checkpoint is loaded with ``torch.load(weights_only=True)`` (data, never code); its EMA weights
 are used when present, as YOLOv5 does. The dataset's classes are mapped by name onto the
-checkpoint's and must be the same. Exit codes (``smartcash.cli``): 0 done, 1 a result file could
-not be written, 2 bad flags, weights or dataset, 130 Ctrl-C.
+checkpoint's and must be the same. Exit codes (``smartcash.cli``): 0 done, 1 an unreadable
+checkpoint or a result file that could not be written, 2 bad flags, missing weights or a bad
+dataset, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -108,9 +109,11 @@ def _check_class_names(data: Path, dataset_names: tuple[str, ...], model_names: 
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    from smartcash.cli import at_least, in_range, input_file, output_file
+    """Raises UsageError for a bad flag (exit 2), CheckpointError for weights that are no checkpoint (exit 1)."""
+    from smartcash.cli import at_least, checkpoint_file, in_range, input_file, output_file, plain_folder_name
 
     input_file("--weights", args.weights)
+    plain_folder_name("--name", args.name)
     at_least("--batch", args.batch, 1)
     at_least("--workers", args.workers, 0)
     at_least("--imgsz", args.imgsz, 32)
@@ -120,6 +123,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     in_range("--iou", args.iou, 0.0, 1.0, low_open=True)
     if args.json:
         output_file("--json", args.json, inputs=[args.weights, *([args.data] if args.data else [])])
+    checkpoint_file("--weights", args.weights)  # last: a wrong flag is reported first
 
 
 def _precise_bn(model: Any, dataset: Any, imgsz: int, args: argparse.Namespace, checkpoint: dict[str, Any],
@@ -155,7 +159,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Evaluation:
     ``python -m smartcash.val`` (nothing printed, nothing written).
 
     Raises:
-        UsageError: bad flags, weights, dataset or classes (the CLI's exit 2).
+        UsageError: bad flags, missing weights, a bad dataset or other classes (the CLI's exit 2).
+        CheckpointError: the weights file is no SmartCash checkpoint, or an unreadable one (exit 1).
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     import torch
@@ -166,20 +171,23 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Evaluation:
     from smartcash.data.errors import DatasetError
     from smartcash.data.loader import build_dataloader
     from smartcash.inference import checkpoint_imgsz, load_model
-    from smartcash.model.training.checkpoint import CheckpointError
     from smartcash.model.training.core.validation_executor import ValidationExecutor, ValidationSettings
 
     _check_arguments(args)
     try:
         device = torch.device(resolve_device(args.device, "--device"))
-        model, taxonomy, checkpoint = load_model(args.weights)
+    except ConfigError as error:
+        raise UsageError(str(error)) from error
+    model, taxonomy, checkpoint = load_model(args.weights)  # CheckpointError: unreadable, exit 1
+    try:
         data = _resolve_data(args.data, checkpoint, args.weights)
         dataset = load_dataset_config(data, taxonomy=taxonomy)
         _check_class_names(data, dataset.taxonomy.names, taxonomy.names, args.weights)
-        imgsz = checkpoint_imgsz(checkpoint, args.imgsz)
-        loader = build_dataloader(dataset, args.split, imgsz, args.batch, workers=args.workers)
-    except (CheckpointError, ConfigError, DatasetError, FileNotFoundError) as error:
+        loader = build_dataloader(dataset, args.split, checkpoint_imgsz(checkpoint, args.imgsz), args.batch,
+                                  workers=args.workers)
+    except (ConfigError, DatasetError, FileNotFoundError) as error:
         raise UsageError(str(error)) from error
+    imgsz = loader.dataset.imgsz  # the size used: the dataset rounds --imgsz up to a multiple of 32
     if dataset.taxonomy.num_classes != model.num_classes:
         raise UsageError(f"{data} has {dataset.taxonomy.num_classes} classes, the model predicts {model.num_classes}")
     model.to(device)
@@ -224,8 +232,9 @@ def validate(**flags: Any) -> Any:
         losses, ``.fitness``.
 
     Raises:
-        TypeError: an unknown keyword. UsageError (ValueError): bad flags, weights or dataset.
-        OSError: a plot or the JSON could not be written.
+        TypeError: an unknown keyword. UsageError (ValueError): bad flags, missing weights or a bad
+        dataset. CheckpointError (RuntimeError): an unreadable checkpoint. OSError: a plot or the
+        JSON could not be written.
     """
     from smartcash.cli import parse_keywords
 
@@ -240,12 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from smartcash.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, print_error
+    from smartcash.model.training.checkpoint import CheckpointError
 
     try:
         evaluation = evaluate_checkpoint(args)
     except UsageError as error:
         print_error(error)
         return EXIT_USAGE
+    except CheckpointError as error:  # the file is there but unreadable: as training, exit 1
+        print_error(error)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted: validation stopped, nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED

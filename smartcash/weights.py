@@ -4,7 +4,9 @@ inspect: what a weights file holds (format, tensors) and which of our model's te
 fill for ``--model``, what is skipped and why. convert: the file's tensors as a plain state dict
 (float32, loadable with ``torch.load(weights_only=True)``). Neither runs code from the file.
 
-Exit codes: 0 done, 2 bad input (missing, unreadable or refused file, OUT is FILE).
+Exit codes (as every SmartCash command): 0 done; 1 FILE exists but is unreadable or refused (not a
+weights file, or a pickle that would run code); 2 bad usage (FILE missing; OUT is FILE, a folder, or an
+existing checkpoint, which is never overwritten; a bad flag).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="classes of our model (default: the taxonomy's, 17)")
     inspect.add_argument("--all", action="store_true", help="list every skipped and not-loaded name")
     convert = commands.add_parser("convert", help="write FILE's tensors as a plain state dict")
-    convert.add_argument("file", help="weights file (.pt, .pth, .safetensors)")
-    convert.add_argument("output", help="where to write the state dict (.pt)")
+    convert.add_argument("file", metavar="FILE", help="weights file (.pt, .pth, .safetensors)")
+    convert.add_argument("output", metavar="OUT", help="where to write the state dict (.pt; not an existing "
+                         "checkpoint)")
     return parser
 
 
@@ -99,12 +102,18 @@ def inspect_file(path: Path, model_name: str, num_classes: int, show_all: bool =
 
 
 def convert_file(path: Path, output: Path) -> int:
-    """Write ``path``'s tensors to ``output`` as a plain state dict; returns the tensor count."""
-    from smartcash.atomic import atomic_write_bytes
-    from smartcash.model.weight_files import WeightsError, read_weights
+    """Write ``path``'s tensors to ``output`` as a plain state dict, atomically; returns the tensor count.
 
-    if output.resolve() == path.resolve() or (output.exists() and os.path.samefile(output, path)):
-        raise WeightsError(f"{output}: is the input file; write the state dict to another path")
+    Raises:
+        UsageError: ``output`` is ``path``, a folder, an existing checkpoint (another run's best.pt,
+            an earlier conversion) or not writable; nothing is written.
+        FileNotFoundError, WeightsError: as ``read_weights``.
+    """
+    from smartcash.atomic import atomic_write_bytes
+    from smartcash.cli import output_file
+    from smartcash.model.weight_files import read_weights
+
+    output_file("OUT", output, inputs=[path])
     weights = read_weights(path)
     buffer = io.BytesIO()
     torch.save(weights.tensors, buffer)
@@ -116,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    from smartcash.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, print_error
     from smartcash.model.weight_files import WeightsError
 
     path = Path(args.file)
@@ -127,15 +137,18 @@ def main(argv: list[str] | None = None) -> int:
 
                 num_classes = load_taxonomy().num_classes
             if num_classes < 1:
-                raise WeightsError(f"--num-classes {num_classes}: must be >= 1")
+                raise UsageError(f"--num-classes {num_classes}: must be >= 1")
             print(inspect_file(path, args.model, num_classes, args.all))
         else:
             count = convert_file(path, Path(args.output))
             print(f"wrote {args.output}: {count} tensors (float32), loadable with torch.load(weights_only=True)")
-    except (OSError, WeightsError) as error:  # OSError: FILE missing or unreadable, OUT not writable
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    except WeightsError as error:  # FILE is there but is no weights file, or is refused
+        print_error(error)
+        return EXIT_FAILED
+    except (OSError, UsageError) as error:  # OSError: FILE missing or unreadable, OUT not writable
+        print_error(error)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from PIL import Image
 
 from smartcash.data import check, checks, images, labels
 from smartcash.data.checks import check_dataset
+from smartcash.data.dataset_config import load_dataset_config
 from smartcash.data.images import probe_image, read_image
 
 
@@ -134,3 +135,46 @@ def test_list_file_subset_reports_no_orphans(tmp_path):
     (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "train.txt", "val": "val.txt", "names": ["a"]}))
     report = check_dataset(tmp_path / "d.yaml")
     assert report.ok and [len(s.samples) for s in report.splits] == [1, 1]
+
+
+def _dataset_with_background_val(root, val_labels=""):
+    """train: one labelled image; val: two images whose label files (if any) hold ``val_labels``."""
+    _jpeg(root / "train" / "images" / "t.jpg")
+    (root / "train" / "labels").mkdir(parents=True)
+    (root / "train" / "labels" / "t.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    for name in ("v1", "v2"):
+        _jpeg(root / "valid" / "images" / f"{name}.jpg")
+    if val_labels:
+        (root / "valid" / "labels").mkdir(parents=True)
+        (root / "valid" / "labels" / "v1.txt").write_text(val_labels)
+    (root / "d.yaml").write_text(yaml.safe_dump({"train": "train/images", "val": "valid/images",
+                                                 "names": ["a"]}))
+    return root / "d.yaml"
+
+
+def test_val_split_without_boxes_is_a_warning_not_clean(tmp_path, capsys):
+    data = _dataset_with_background_val(tmp_path)
+    report = check_dataset(data)
+    assert report.ok  # a warning: validating on backgrounds may be deliberate
+    (warning,) = report.warnings
+    assert warning.startswith("val split has 2 usable images and no labelled boxes (0 label files found;")
+    assert "mAP, best.pt and early stopping cannot be measured" in warning
+    assert str((tmp_path / "valid" / "labels").resolve()) in warning
+    assert check.main(["--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {warning}" in out and "clean" not in out
+    assert out.rstrip().endswith("no problems found, 1 warning")
+
+
+def test_val_split_with_a_box_has_no_warning(tmp_path, capsys):
+    report = check_dataset(_dataset_with_background_val(tmp_path, val_labels="0 0.5 0.5 0.2 0.2\n"))
+    assert report.ok and report.warnings == ()
+    assert check.main(["--data", str(tmp_path / "d.yaml")]) == 0
+    assert "clean: no problems found" in capsys.readouterr().out
+
+
+def test_no_boxes_reason_says_what_each_split_loses(tmp_path):
+    config = load_dataset_config(_dataset_with_background_val(tmp_path))
+    val = checks.scan_split(config, "val")
+    assert "mAP, best.pt and early stopping cannot be measured" in checks.no_boxes_reason(config, val)
+    assert checks.no_boxes_reason(config, checks.scan_split(config, "train")) == ""

@@ -112,3 +112,61 @@ def test_missing_yaml_and_missing_names(tmp_path):
         load_dataset_config(tmp_path / "nope.yaml")
     with pytest.raises(DatasetError, match="names"):
         load_dataset_config(_write_yaml(tmp_path / "d.yaml", {"train": "images"}))
+
+
+def test_missing_path_root_warns_and_falls_back_to_yaml_folder(tmp_path, caplog):
+    _touch_images(tmp_path / "images", ["a.jpg"])
+    yaml_file = _write_yaml(tmp_path / "d.yaml", {"path": "neww", "train": "images", "names": ["a"]})
+    with caplog.at_level("WARNING", logger="smartcash.data.dataset_config"):
+        config = load_dataset_config(yaml_file)
+    assert config.root == tmp_path.resolve() and len(config.images("train")) == 1
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    message = record.getMessage()
+    assert str(yaml_file.resolve()) in message and "path: neww" in message
+    assert message.endswith(f"using {tmp_path.resolve()} (the yaml's folder) instead")
+    # When the splits are not found either, the error says that `path:` did not exist.
+    typo = load_dataset_config(_write_yaml(tmp_path / "e.yaml", {"path": "neww", "train": "train/images",
+                                                                 "names": ["a"]}))
+    with pytest.raises(DatasetError, match=r"split not found: train/images .*`path: neww` does not exist"):
+        typo.images("train")
+
+
+def test_existing_path_root_gives_no_warning(tmp_path, caplog):
+    _touch_images(tmp_path / "ds" / "images", ["a.jpg"])
+    with caplog.at_level("WARNING", logger="smartcash.data.dataset_config"):
+        config = load_dataset_config(_write_yaml(tmp_path / "d.yaml", {"path": "ds", "train": "images",
+                                                                       "names": ["a"]}))
+        typo = load_dataset_config(_write_yaml(tmp_path / "e.yaml", {"path": "ds", "train": "nope",
+                                                                     "names": ["a"]}))
+    assert config.root == (tmp_path / "ds").resolve() and not caplog.records
+    with pytest.raises(DatasetError) as caught:
+        typo.images("train")
+    assert "`path:" not in str(caught.value)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("names", ["[001, 002, 005, 010]", "\n  - 001\n  - 002\n  - 005\n  - 010",
+                                   "{0: 001, 1: 002, 2: 005, 3: 010}", "{3: 010, 0: 001, 2: 005, 1: 002}"])
+def test_unquoted_numeric_names_keep_the_text_written(tmp_path, names):
+    # YAML reads unquoted 001 as the int 1 and 010 as the octal int 8: the names are the text written.
+    _touch_images(tmp_path / "images", ["a.jpg"])
+    config = load_dataset_config(_write_text(tmp_path / "d.yaml", f"train: images\nnames: {names}\n"))
+    assert config.source_names == ("001", "002", "005", "010")
+    assert config.taxonomy.is_smartcash
+    taxonomy = load_taxonomy()
+    assert list(config.class_index) == [taxonomy.names.index(n) for n in (
+        "1000_whole", "2000_whole", "5000_whole", "10000_whole")]
+
+
+def test_unquoted_numeric_class_map_keeps_the_text_written(tmp_path):
+    _touch_images(tmp_path / "images", ["a.jpg"])
+    config = load_dataset_config(_write_text(tmp_path / "d.yaml", (
+        "train: images\nnames: [010, ten, 'l3_sign']\nclass_map: {010: 001, ten: 010}\n")))
+    assert config.source_names == ("010", "ten", "l3_sign")
+    taxonomy = load_taxonomy()
+    assert list(config.class_index) == [taxonomy.names.index(n) for n in (
+        "1000_whole", "10000_whole", "special_sign")]

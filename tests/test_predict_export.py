@@ -182,6 +182,27 @@ def test_predict_exit_codes_and_numbered_save_dirs(checkpoint, images, tmp_path,
     assert json.loads((project / "predict/exp2/predictions.json").read_text())["images"] == []
 
 
+def test_predict_unreadable_weights_exit_1(images, tmp_path, capsys) -> None:
+    """README's exit codes: an unreadable weights file is a failed run (1, as training), a missing one bad usage (2)."""
+    weights = tmp_path / "notes.txt"
+    weights.write_text("notes: not weights\n")
+    out = tmp_path / "out"
+    assert _predict(weights, images, out) == 1
+    assert capsys.readouterr().err == (f"error: --weights {weights}: not a weights file (its first bytes are "
+                                       "b'notes: n'; expected a checkpoint (.pt) written by smartcash.train)\n")
+    assert _predict(tmp_path / "missing.pt", images, out) == 2
+    assert not out.exists()
+
+
+def test_predict_name_must_be_a_plain_folder_name(checkpoint, images, tmp_path, capsys) -> None:
+    """--name is a folder under PROJECT/predict: one that climbs out of it is refused, as training refuses it."""
+    project = tmp_path / "work" / "runs"
+    assert predict_main(["--weights", str(checkpoint), "--source", str(images / "good_0.png"), "--device", "cpu",
+                         "--project", str(project), "--name", "../../escape"]) == 2
+    assert "--name '../../escape': must be a plain folder name" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*"))  # nothing written, inside PROJECT or out of it
+
+
 def _reference(checkpoint: Path) -> torch.nn.Module:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     model = build_model(state["model_name"], state["num_classes"], anchors=state["anchors"])

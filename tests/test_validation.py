@@ -249,6 +249,55 @@ def test_val_cli_precise_bn_re_estimates_statistics_first(model, data_yaml, tmp_
     assert saved["metrics/mAP50-95"] != pytest.approx(plain.metrics.fine.map50_95)  # the statistics did change
 
 
+def _save_checkpoint(model, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_name": "yolov5n", "num_classes": 17, "anchors": model.detect.anchors.clone(),
+                "model": model.state_dict(), "ema": model.state_dict(),
+                "config": {"model": "yolov5n", "imgsz": IMGSZ}, "taxonomy": load_taxonomy().to_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize(("content", "problem"), [(b"notes: not weights\n", "its first bytes are b'notes: n'"),
+                                                  (b"", "an empty file")], ids=["text", "empty"])
+def test_val_cli_unreadable_weights_exit_1_missing_weights_exit_2(content, problem, data_yaml, tmp_path,
+                                                                  capsys) -> None:
+    """README's exit codes: an unreadable weights file is a failed run (1, as training), a missing one bad usage (2)."""
+    from smartcash import val
+
+    flags = ["--data", str(data_yaml), "--device", "cpu", "--workers", "0", "--no-plots"]
+    weights = tmp_path / "notes.txt"
+    weights.write_bytes(content)
+    assert val.main(["--weights", str(weights), *flags]) == 1
+    error = capsys.readouterr().err
+    assert error == (f"error: --weights {weights}: not a weights file ({problem}; expected a checkpoint (.pt) "
+                     "written by smartcash.train)\n")
+    assert val.main(["--weights", str(tmp_path / "missing.pt"), *flags]) == 2
+    assert "missing.pt: no such file" in capsys.readouterr().err
+
+
+def test_val_cli_reports_the_imgsz_it_used(model, data_yaml, tmp_path, capsys, caplog) -> None:
+    from smartcash import val
+
+    weights = _save_checkpoint(model, tmp_path / "best.pt")
+    assert val.main(["--weights", str(weights), "--data", str(data_yaml), "--batch", "2", "--device", "cpu",
+                     "--workers", "0", "--imgsz", "70", "--no-plots"]) == 0
+    assert "imgsz 70 is not a multiple of 32: using 96" in caplog.text
+    summary = next(line for line in capsys.readouterr().out.splitlines() if "[val]:" in line)
+    assert "imgsz 96," in summary, summary
+
+
+def test_val_cli_name_must_be_a_plain_folder_name(model, data_yaml, tmp_path, capsys) -> None:
+    """--name is a folder under PROJECT/val: one that climbs out of it is refused, as training refuses it."""
+    from smartcash import val
+
+    weights = _save_checkpoint(model, tmp_path / "downloads" / "best.pt")  # outside a run: PROJECT/val/NAME
+    project = tmp_path / "work" / "runs"
+    assert val.main(["--weights", str(weights), "--data", str(data_yaml), "--batch", "2", "--device", "cpu",
+                     "--workers", "0", "--project", str(project), "--name", "../../escape"]) == 2
+    assert "--name '../../escape': must be a plain folder name" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["downloads"]  # nothing written anywhere
+
+
 def test_progress_callback_reports_every_interval_and_the_last_batch(model, data_yaml) -> None:
     calls = []
     result = _executor(progress_interval=2).run(model, _loader(data_yaml), "cpu",

@@ -308,7 +308,7 @@ def test_payload_never_runs(tmp_path, call) -> None:
     assert not marker.exists()
 
     code = weights_main(["inspect", str(path)])
-    assert code == 2 and not marker.exists()
+    assert code == 1 and not marker.exists()  # the file is there and refused: a failed run, not bad usage
     if call == "os.system":  # control: the same file does run the payload when unpickled for real
         torch.load(path, weights_only=False)
         assert marker.exists()
@@ -363,12 +363,33 @@ def test_cli_errors(tmp_path, yolov5_release, capsys) -> None:
     assert path.read_bytes() == before
     assert weights_main(["inspect", str(tmp_path / "missing.pt")]) == 2
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert weights_main(["inspect", str(tmp_path / "junk.pt")]) == 2
+    assert weights_main(["inspect", str(tmp_path / "junk.pt")]) == 1
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
-    assert "is the input file" in errors[0] and "not found" in errors[1] and "junk.pt" in errors[2]
+    assert "is the input" in errors[0] and "not found" in errors[1] and "junk.pt" in errors[2]
     assert weights_main(["inspect", str(path), "--model", "yolov5s"]) == 0  # n weights, s model: anchors only
     assert "into yolov5s (17 classes): 1 of our 349 tensors would load (detect 1)" in capsys.readouterr().out
+
+
+def test_convert_never_writes_over_a_checkpoint(tmp_path, yolov5_release, capsys) -> None:
+    """OUT that is another run's best.pt (or an earlier conversion) is refused, as val's --json is."""
+    path, _ = yolov5_release
+    best = tmp_path / "runs/train/other/phase1/weights/best.pt"
+    best.parent.mkdir(parents=True)
+    model = build_model("yolov5n", NUM_CLASSES)
+    torch.save({"model_name": "yolov5n", "num_classes": NUM_CLASSES, "model": model.state_dict(),
+                "ema": model.state_dict()}, best)
+    converted = tmp_path / "converted.pt"
+    assert weights_main(["convert", str(path), str(converted)]) == 0
+    for target in (best, converted):
+        before = target.read_bytes()
+        capsys.readouterr()
+        assert weights_main(["convert", str(path), str(target)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: OUT {target}: is a checkpoint") and "never overwritten" in error, error
+        assert target.read_bytes() == before
+    assert sorted(p.name for p in best.parent.iterdir()) == ["best.pt"]  # nor a temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted.pt", "runs"]
 
 
 def test_nothing_fits_is_an_error(tmp_path, yolov5_release) -> None:

@@ -1,7 +1,8 @@
 """``python -m smartcash.data.check``: list every bad image/label of a dataset and summarise it.
 
-Exit status 0 when the dataset is clean, 1 when anything is bad. One line per problem
-(``path[:line]: reason``), at most ``--max-report``, then a summary per split.
+Exit status 0 when the dataset is clean or only has warnings (a val split with no boxes), 1 when
+anything is bad. One line per problem (``path[:line]: reason``), at most ``--max-report``, then a
+summary per split, notes and warnings.
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ def format_report(report: DatasetReport, max_report: int = 50) -> str:
         for split in report.splits:
             lines.extend(_split_summary(split, names))
     lines.extend(f"note: {note}" for note in report.notes)
-    lines.append(f"problems: {len(problems)}" if problems else "clean: no problems found")
+    lines.extend(f"warning: {warning}" for warning in report.warnings)
+    if problems:
+        lines.append(f"problems: {len(problems)}")
+    elif report.warnings:  # usable (exit 0), but not clean
+        count = len(report.warnings)
+        lines.append(f"no problems found, {count} warning{'s' if count > 1 else ''}")
+    else:
+        lines.append("clean: no problems found")
     return "\n".join(lines)
 
 

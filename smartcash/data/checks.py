@@ -78,6 +78,7 @@ class DatasetReport:
     splits: tuple[SplitReport, ...]
     config_problems: tuple[Problem, ...]
     notes: tuple[str, ...] = ()  # e.g. a split the yaml names that is absent and was not requested
+    warnings: tuple[str, ...] = ()  # usable but suspect, e.g. a val split with no boxes (not in ``ok``)
 
     @property
     def problems(self) -> tuple[Problem, ...]:
@@ -117,13 +118,19 @@ def _orphan_labels(config: DatasetConfig, split: str, images: list[Path]) -> lis
 
 
 def no_boxes_reason(config: DatasetConfig, report: SplitReport) -> str:
-    """Why a split whose usable images hold not one box cannot train ('' when some box exists)."""
+    """Why a split whose usable images hold not one box is of no use ('' when some box exists):
+    train cannot train on it (an error); on val or test nothing can be measured (a warning)."""
     if not report.samples or any(len(sample.boxes) for sample in report.samples):
         return ""
     folders = sorted({str(config.label_path(sample.image).parent) for sample in report.samples})
-    return (f"{report.split} split has no boxes: its {len(report.samples)} usable images are all backgrounds"
-            f" ({report.num_labels} label files found; labels are read from {', '.join(folders[:3])}): check"
-            " that the labels sit in labels/ next to images/, with the images' file stems")
+    found = f"{report.num_labels} label files found; labels are read from {', '.join(folders[:3])}"
+    fix = "check that the labels sit in labels/ next to images/, with the images' file stems"
+    if report.split == "train":
+        return (f"train split has no boxes: its {len(report.samples)} usable images are all backgrounds"
+                f" ({found}): {fix}")
+    lost = "mAP, best.pt and early stopping" if report.split == "val" else "mAP"
+    return (f"{report.split} split has {len(report.samples)} usable images and no labelled boxes ({found}),"
+            f" so {lost} cannot be measured on it: {fix}")
 
 
 def default_scan_threads() -> int:
@@ -173,6 +180,7 @@ def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None =
     reports: list[SplitReport] = []
     config_problems: list[Problem] = []
     notes: list[str] = []
+    warnings: list[str] = []
     if splits is None:  # an absent test split is a note; training cannot run without train and val
         notes = [f"{name}: not found on disk, not checked ({', '.join(source.missing)})"
                  for name, source in config.splits if not config.has_split(name) and name not in _NEEDED]
@@ -189,6 +197,11 @@ def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None =
             entries = ", ".join(config.split_sources(split).entries)
             config_problems.append(Problem(str(config.path), 0, f"{split} split has no images (in {entries})",
                                            CONFIG_PROBLEM))
-        elif split == "train" and no_boxes_reason(config, report):  # ... and one with no boxes
-            config_problems.append(Problem(str(config.path), 0, no_boxes_reason(config, report), CONFIG_PROBLEM))
-    return DatasetReport(str(data), config, tuple(reports), tuple(config_problems), tuple(notes))
+            continue
+        no_boxes = no_boxes_reason(config, report)
+        if no_boxes and split == "train":  # ... and one with no boxes
+            config_problems.append(Problem(str(config.path), 0, no_boxes, CONFIG_PROBLEM))
+        elif no_boxes:  # val/test measure nothing: validating on backgrounds may be deliberate, not clean
+            warnings.append(no_boxes)
+    return DatasetReport(str(data), config, tuple(reports), tuple(config_problems), tuple(notes),
+                         tuple(warnings))

@@ -2,9 +2,11 @@
 
 Paths are relative to the yaml (or to its optional ``path:`` root). An absolute path that does not
 exist here (Roboflow exports written on Colab: ``/content/drive/.../train/images``) falls back to
-its trailing components under the yaml's folder. Class names map onto the SmartCash taxonomy by
-NAME (aliases in ``loss.json``), optionally through a ``class_map:``; a dataset none of whose names
-map trains with its own names (identity taxonomy).
+its trailing components under the yaml's folder; a ``path:`` that does not exist at all falls back
+to the yaml's folder, with a warning. Class names map onto the SmartCash taxonomy by NAME (aliases
+in ``loss.json``), optionally through a ``class_map:``; a dataset none of whose names map trains
+with its own names (identity taxonomy). Names are the text written in the yaml: an unquoted
+``001`` or ``010`` stays ``"001"``/``"010"`` (YAML alone would read the ints 1 and 8).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class DatasetConfig:
     taxonomy: Taxonomy
     class_index: tuple[int, ...]
     splits: tuple[tuple[str, SplitSource], ...]
+    missing_root: str | None = None  # the yaml's `path:` when it did not exist (root fell back)
 
     @property
     def num_source_classes(self) -> int:
@@ -64,10 +67,12 @@ class DatasetConfig:
         if source is None:
             raise DatasetError(f"{self.path}: no {split!r} split (add `{split}: <images dir>` to the yaml)")
         if source.missing:
+            no_root = (f" (`path: {self.missing_root}` does not exist, so the yaml's folder was used)"
+                       if self.missing_root is not None else "")
             raise DatasetError(
                 f"{self.path}: {split} split not found: {', '.join(source.missing)} (looked relative to"
-                f" {self.root} and, for absolute paths, their trailing folders under {self.path.parent};"
-                f" fix the `{split}:` entry or remove it)")
+                f" {self.root}{no_root} and, for absolute paths, their trailing folders under"
+                f" {self.path.parent}; fix the `{split}:` entry or remove it)")
         return source
 
     def images(self, split: str) -> list[Path]:
@@ -119,6 +124,36 @@ def _absolute(path: Path) -> Path:
     """Absolute, without following symlinks: a linked ``images/train`` keeps its place in the
     layout, so its labels are still looked up in the sibling ``labels/train``."""
     return Path(os.path.abspath(path))
+
+
+def _value_node(mapping: yaml.Node | None, key: str) -> yaml.Node | None:
+    """The node of ``key``'s value in a mapping node; None when absent. The last one wins, as in
+    the loaded dict."""
+    found = None
+    if isinstance(mapping, yaml.MappingNode):
+        for key_node, value_node in mapping.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                found = value_node
+    return found
+
+
+def _as_written(loaded: Any, node: yaml.Node | None, text_keys: bool) -> Any:
+    """``loaded`` (a list, or a dict) with every scalar item as the text written in the yaml.
+
+    Unquoted ``001`` loads as the int 1 and ``010`` as the octal int 8, but both are class names
+    (SmartCash aliases). Dict keys become their text too when ``text_keys`` (class_map's dataset
+    names), else stay as loaded (names' class ids). Anything the nodes do not match item for item
+    (duplicate keys, merges) is returned as loaded.
+    """
+    def text(value: Any, item: yaml.Node) -> Any:
+        return item.value if isinstance(item, yaml.ScalarNode) else value
+
+    if isinstance(loaded, list) and isinstance(node, yaml.SequenceNode) and len(node.value) == len(loaded):
+        return [text(value, item) for value, item in zip(loaded, node.value)]
+    if isinstance(loaded, dict) and isinstance(node, yaml.MappingNode) and len(node.value) == len(loaded):
+        return {(text(key, key_node) if text_keys else key): text(value, value_node)
+                for (key, value), (key_node, value_node) in zip(loaded.items(), node.value)}
+    return loaded
 
 
 def _names(data: dict[str, Any], where: str) -> tuple[str, ...]:
@@ -176,7 +211,13 @@ def load_dataset_config(path: str | os.PathLike[str], taxonomy: Taxonomy | None 
     yaml_path = Path(path).resolve()
     where = str(yaml_path)
     try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+        # One parse for the node tree (the text of each scalar) and the data built from it.
+        loader = yaml.SafeLoader(yaml_path.read_text(encoding="utf-8"))
+        try:
+            document = loader.get_single_node()
+            data = loader.construct_document(document) if document is not None else None
+        finally:
+            loader.dispose()
     except FileNotFoundError as error:
         raise DatasetError(f"{where}: dataset yaml not found (check --data)") from error
     except yaml.YAMLError as error:
@@ -184,6 +225,9 @@ def load_dataset_config(path: str | os.PathLike[str], taxonomy: Taxonomy | None 
         raise DatasetError(f"{where}{f':{line}' if line else ''}: invalid yaml ({error})") from error
     if not isinstance(data, dict):
         raise DatasetError(f"{where}: expected a mapping with train/val/names keys")
+    for key in ("names", "class_map"):
+        if key in data:
+            data[key] = _as_written(data[key], _value_node(document, key), text_keys=key == "class_map")
     names = _names(data, where)
     class_map = data.get("class_map") or {}
     if not isinstance(class_map, dict):
@@ -193,9 +237,15 @@ def load_dataset_config(path: str | os.PathLike[str], taxonomy: Taxonomy | None 
 
     yaml_dir = yaml_path.parent
     root = yaml_dir
+    missing_root = None
     if data.get("path"):
-        declared_root = Path(os.path.expanduser(str(data["path"])))
-        root = _resolve(str(declared_root), yaml_dir, yaml_dir) or yaml_dir
+        declared_root = str(data["path"])
+        found = _resolve(os.path.expanduser(declared_root), yaml_dir, yaml_dir)
+        if found is None:  # a typo, or an export's absolute root: the yaml's folder is the best guess
+            missing_root = declared_root
+            logger.warning("%s: path: %s not found, using %s (the yaml's folder) instead",
+                           where, declared_root, yaml_dir)
+        root = found or yaml_dir
     splits: list[tuple[str, SplitSource]] = []
     for split, keys in _SPLIT_KEYS.items():
         value = next((data[k] for k in keys if data.get(k)), None)
@@ -207,4 +257,4 @@ def load_dataset_config(path: str | os.PathLike[str], taxonomy: Taxonomy | None 
             entries=entries, sources=tuple(p for _, p in resolved if p is not None),
             missing=tuple(e for e, p in resolved if p is None))))
     return DatasetConfig(path=yaml_path, root=root, source_names=names, taxonomy=taxonomy,
-                         class_index=class_index, splits=tuple(splits))
+                         class_index=class_index, splits=tuple(splits), missing_root=missing_root)

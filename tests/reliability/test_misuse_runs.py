@@ -239,6 +239,16 @@ def test_dataset_without_a_single_box_is_refused(tmp_path, good_data, capsys) ->
     assert "train split has no boxes" in one_error_line(capsys.readouterr().err)
 
 
+def test_a_val_split_without_a_single_box_is_trained_with_a_warning(tmp_path, good_data, caplog) -> None:
+    data = copy_dataset(good_data, tmp_path / "ds")
+    for label in (data.parent / "labels/val").glob("*.txt"):
+        label.write_text("")
+    with caplog.at_level("WARNING"):
+        assert train_main(train_argv(data, tmp_path / "runs", "unmeasured", "--epochs", "1")) == 0
+    assert "val split has 4 usable images and no labelled boxes" in caplog.text
+    assert "mAP, best.pt and early stopping cannot be measured" in caplog.text
+
+
 def test_lock_file_is_in_the_run_folder_and_names_its_holder(tmp_path) -> None:
     holder = run_lock.acquire(tmp_path / "run")
     try:
@@ -252,3 +262,68 @@ def test_lock_file_is_in_the_run_folder_and_names_its_holder(tmp_path) -> None:
         assert probe.returncode != 0 and "BlockingIOError" in probe.stderr
     finally:
         run_lock.release(holder)
+
+
+# ------------------------------------------------------------------------- a fresh run where one exists
+
+def _mark_unfinished(run_dir: Path) -> None:
+    """Make the run's last.pt say what a Ctrl-C'd run's says (saved mid-run, epochs left)."""
+    path = run_dir / "weights/last.pt"
+    state = load_checkpoint_data(path)
+    state["interrupted"], state["config"]["epochs"] = True, 5
+    save_checkpoint(path, state)
+
+
+def test_a_fresh_run_keeps_the_previous_finished_run_aside(tmp_path, good_data, caplog) -> None:
+    project = tmp_path / "runs"
+    run_dir = project / "train/again/phase1"
+    assert train_main(train_argv(good_data, project, "again", "--epochs", "1")) == 0
+    before = tree_digest(run_dir)
+    with caplog.at_level("WARNING"):
+        assert train_main(train_argv(good_data, project, "again", "--epochs", "1", "--seed", "1")) == 0
+    kept = [folder for folder in (run_dir / "previous").iterdir()]
+    assert len(kept) == 1
+    assert tree_digest(kept[0]) == {name: digest for name, digest in before.items() if name != ".lock"}
+    assert "1 of 1 epochs, finished" in caplog.text and str(kept[0]) in caplog.text
+    assert (run_dir / "weights/best.pt").is_file() and load_checkpoint_data(run_dir / "weights/last.pt")["config"]["seed"] == 1
+    # --exist-ok replaces the run in the folder and leaves the kept one alone
+    assert train_main(train_argv(good_data, project, "again", "--epochs", "1", "--exist-ok")) == 0
+    assert [folder for folder in (run_dir / "previous").iterdir()] == kept
+    assert load_checkpoint_data(run_dir / "weights/last.pt")["config"]["seed"] == 0
+
+
+def test_a_fresh_run_over_an_unfinished_one_is_refused(tmp_path, good_data, capsys) -> None:
+    project = tmp_path / "runs"
+    run_dir = project / "train/forgot/phase1"
+    assert train_main(train_argv(good_data, project, "forgot", "--epochs", "1")) == 0
+    _mark_unfinished(run_dir)
+    capsys.readouterr()
+    before = tree_digest(run_dir)
+    time.sleep(1.1)  # a rewritten lock-holder line would show (it carries the time to the second)
+    assert train_main(train_argv(good_data, project, "forgot", "--epochs", "5")) == 2
+    error = one_error_line(capsys.readouterr().err)
+    assert f"{run_dir} holds an unfinished run (weights/last.pt, weights/best.pt: 1 of 5 epochs" in error
+    # the hint reaches this run: its --project is not the default
+    assert f"python -m smartcash.train --phase 1 --name forgot --project {project} --resume" in error
+    assert "--exist-ok" in error
+    assert tree_digest(run_dir) == before  # nothing moved, nothing written
+    assert train_main(train_argv(good_data, project, "forgot", "--epochs", "1", "--exist-ok")) == 0
+    assert not (run_dir / "previous").exists() and load_checkpoint_data(run_dir / "weights/last.pt")["epoch"] == 0
+
+
+def test_phase_2_from_an_unfinished_phase_1_says_so(tmp_path, good_data, caplog) -> None:
+    project = tmp_path / "runs"
+    assert train_main(train_argv(good_data, project, "early", "--epochs", "1")) == 0
+    _mark_unfinished(project / "train/early/phase1")
+    with caplog.at_level("WARNING"):
+        assert train_main(train_argv(good_data, project, "early", "--epochs", "1", "--phase", "2")) == 0
+    assert "stopped before its end (weights/last.pt, weights/best.pt: 1 of 5 epochs" in caplog.text
+    assert f"--phase 1 --name early --project {project} --resume" in caplog.text
+
+
+def test_resume_with_no_epochs_left_says_so(tmp_path, good_data, caplog) -> None:
+    project = tmp_path / "runs"
+    assert train_main(train_argv(good_data, project, "done", "--epochs", "2")) == 0
+    with caplog.at_level("WARNING"):
+        assert train_main(train_argv(good_data, project, "done", "--resume", "--epochs", "1")) == 0
+    assert "has already trained 2 epochs; nothing is left to train" in caplog.text

@@ -133,9 +133,17 @@ def find_start_point(config: TrainConfig) -> StartPoint:
         return StartPoint(load_checkpoint(path, what="checkpoint to resume", hint=hint), path, True)
     if config.phase == 2:
         path = Path(config.weights) if config.weights else config.phase_dir(1) / "weights" / "best.pt"
-        hint = (f"run `python -m smartcash.train --phase 1 --name {config.name}` first, "
-                "or pass --weights")
-        return StartPoint(load_checkpoint(path, what="phase 1 best checkpoint", hint=hint), path, False)
+        hint = f"run `{config.command(1)}` first, or pass --weights"
+        state = load_checkpoint(path, what="phase 1 best checkpoint", hint=hint)
+        if not config.weights:
+            from smartcash.model.training.run_folder import previous_run
+
+            phase1 = previous_run(config.phase_dir(1))
+            if phase1 is not None and phase1.unfinished:
+                logger.warning("phase 1 (%s) stopped before its end (%s): phase 2 starts from its best epoch so "
+                               "far; to finish phase 1 first: `%s`", config.phase_dir(1), phase1.describe(),
+                               config.command(1, "--resume"))
+        return StartPoint(state, path, False)
     return StartPoint(None, None, False)
 
 

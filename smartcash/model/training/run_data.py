@@ -3,6 +3,7 @@ the fixed training sample of precise BatchNorm."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 
     from smartcash.data.checks import SplitReport
     from smartcash.model.training.precise_bn import PreciseBatchNorm
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ def build_data(config: TrainConfig, world_size: int, is_main: bool) -> RunData:
     if is_main:
         val = build_dataloader(dataset, "val", config.imgsz, config.batch, config.workers,
                                augment=False, shuffle=False, seed=config.seed, distributed=False)
+        unmeasured = no_boxes_reason(dataset, val.dataset.report)  # all backgrounds: every mAP is 0
+        if unmeasured:
+            logger.warning("%s: %s", dataset.path, unmeasured)
     return RunData(dataset.taxonomy, train, val)
 
 

@@ -1,31 +1,101 @@
-"""The run folder: created, cleared of a previous run's outputs of the same name and phase (unless
-resuming), and of temp files an interrupted write left."""
+"""The run folder: created; a previous run's outputs of the same name and phase kept aside (or
+replaced with ``exist_ok``) unless resuming; temp files an interrupted write left removed."""
 
 from __future__ import annotations
 
+import datetime
 import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
-from smartcash.config import TrainConfig
+from smartcash.config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-#: Outputs of an earlier run of the same name and phase that a fresh run removes (not resume).
-STALE_OUTPUTS = ("events.out.tfevents.*", "labels.png", "train_batch*.jpg", "val_batch0_*.jpg")
+#: Where a fresh run keeps the previous run of its name and phase: RUN_DIR/previous/<UTC time>/.
+PREVIOUS_RUNS = "previous"
+#: Files of the run folder that stay where they are when the previous run is kept aside.
+NOT_MOVED = (".lock", PREVIOUS_RUNS)
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """What a run folder's checkpoints say about the run that wrote them."""
+
+    checkpoints: tuple[Path, ...]  # weights/last.pt and / or best.pt that exist
+    completed: int | None  # epochs completed (last.pt), None when it cannot be read
+    epochs: int | None  # epochs the run was set to train
+    unfinished: bool  # stopped before its epochs (Ctrl-C, a kill, a failure), not by early stopping
+
+    def describe(self) -> str:
+        names = ", ".join(f"weights/{path.name}" for path in self.checkpoints)
+        if self.completed is None:
+            return names
+        state = "stopped before the end" if self.unfinished else "finished"
+        return f"{names}: {self.completed} of {self.epochs} epochs, {state}"
+
+
+def previous_run(run_dir: Path) -> PreviousRun | None:
+    """The run whose checkpoints ``run_dir`` holds, or None when it holds none."""
+    weights = run_dir / "weights"
+    checkpoints = tuple(path for path in (weights / "last.pt", weights / "best.pt") if path.is_file())
+    if not checkpoints:
+        return None
+    import torch
+
+    try:  # only to describe it: an unreadable last.pt is still someone's file
+        state = torch.load(weights / "last.pt", map_location="cpu", weights_only=True)
+        completed, epochs = int(state["epoch"]) + 1, int(state["config"]["epochs"])
+        stopping = state.get("early_stopping") or {}
+        patience, best_epoch = int(stopping.get("patience", 0)), int(stopping.get("best_epoch", -1))
+        stopped_early = patience > 0 and completed - 1 - best_epoch >= patience  # EarlyStopping.should_stop
+        unfinished = bool(state.get("interrupted", False)) or (completed < epochs and not stopped_early)
+    except Exception:  # noqa: BLE001 (missing, corrupt or foreign: nothing to tell)
+        return PreviousRun(checkpoints, None, None, False)
+    return PreviousRun(checkpoints, completed, epochs, unfinished)
+
+
+def refuse_to_bury_an_unfinished_run(config: TrainConfig) -> None:
+    """A fresh run (no ``--resume``) into a folder whose run stopped before its end is most likely
+    a forgotten ``--resume``: refuse it unless ``exist_ok``.
+
+    Raises:
+        ConfigError: the folder holds an unfinished run and ``exist_ok`` is off.
+    """
+    if config.resume or config.exist_ok:
+        return
+    from smartcash.model.training import run_lock
+
+    try:
+        run_lock.ensure_free(config.run_dir)
+    except run_lock.RunFolderBusyError:
+        return  # not stopped: still training. The lock's own error (naming that run) comes at the start
+    found = previous_run(config.run_dir)
+    if found is not None and found.unfinished:
+        raise ConfigError(
+            f"{config.run_dir} holds an unfinished run ({found.describe()}): continue it with "
+            f"`{config.command(config.phase, '--resume')}`, start a new run with another --name, or "
+            "replace it with --exist-ok")
+
 
 def prepare_run_dir(config: TrainConfig) -> None:
-    """Create the run folder; a fresh run removes the previous run's weights of the same name/phase
-    (so that a stale best.pt can never be picked up by phase 2)."""
+    """Create the run folder. A fresh run keeps the previous run of this name and phase (its
+    weights, results, pictures) in ``previous/<UTC time>/``, or deletes them with ``exist_ok``, so
+    a stale best.pt can never be picked up by phase 2 and no checkpoint is lost unasked."""
     weights = config.run_dir / "weights"
     if not config.resume:
-        stale = [path for path in (weights / "last.pt", weights / "best.pt") if path.exists()]
-        if stale:
-            logger.warning("%s: replacing the previous run of this name and phase", config.run_dir)
-            for path in stale:
-                path.unlink()
-        # The previous run's TensorBoard events and pictures would mix with this run's.
-        for pattern in STALE_OUTPUTS:
-            for path in config.run_dir.glob(pattern):
-                path.unlink()
+        found = previous_run(config.run_dir)
+        if found is not None and config.exist_ok:
+            logger.warning("%s: --exist-ok: replacing the previous run of this name and phase (%s)",
+                           config.run_dir, found.describe())
+            _clear(config.run_dir)
+        elif found is not None:
+            kept = _keep_aside(config.run_dir)
+            logger.warning("%s: the previous run of this name and phase (%s) is kept in %s; "
+                           "--exist-ok replaces it instead", config.run_dir, found.describe(), kept)
+        else:  # no checkpoints: only a crashed start's leftovers
+            _clear(config.run_dir)
     weights.mkdir(parents=True, exist_ok=True)
     # A process killed between writing and renaming leaves its hidden temp file (atomic.py): the
     # real file is intact, the temp file is garbage the size of a checkpoint.
@@ -33,3 +103,31 @@ def prepare_run_dir(config: TrainConfig) -> None:
         for leftover in folder.glob(".*.tmp"):
             logger.info("removing %s, left by an interrupted write", leftover)
             leftover.unlink(missing_ok=True)
+
+
+def _outputs(run_dir: Path) -> list[Path]:
+    return [path for path in sorted(run_dir.iterdir()) if path.name not in NOT_MOVED] if run_dir.is_dir() else []
+
+
+def _keep_aside(run_dir: Path) -> Path:
+    """Move the run folder's outputs into ``previous/<UTC time>/``; returns that folder."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    target = run_dir / PREVIOUS_RUNS / stamp
+    suffix = 1
+    while target.exists():  # two fresh runs within a second
+        suffix += 1
+        target = run_dir / PREVIOUS_RUNS / f"{stamp}-{suffix}"
+    target.mkdir(parents=True)
+    for path in _outputs(run_dir):
+        path.rename(target / path.name)
+    return target
+
+
+def _clear(run_dir: Path) -> None:
+    """Delete the run folder's outputs (kept-aside runs stay): TensorBoard events and pictures of
+    an earlier run would mix with this one's."""
+    for path in _outputs(run_dir):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

@@ -49,11 +49,9 @@ def acquire(run_dir: Path) -> IO[str] | None:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # BlockingIOError: held by another process (or another open file in this one)
         handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        holder = handle.read()
         handle.close()
-        raise RunFolderBusyError(
-            f"{run_dir} is in use by another training run ({holder}); choose another --name, or wait "
-            "for that run to finish (nothing was written)") from None
+        raise _busy(run_dir, holder) from None
     handle.seek(0)
     handle.truncate()
     handle.write(_owner() + "\n")
@@ -62,12 +60,29 @@ def acquire(run_dir: Path) -> IO[str] | None:
 
 
 def ensure_free(run_dir: Path) -> None:
-    """Raise ``RunFolderBusyError`` now if another process holds ``run_dir``; creates nothing.
+    """Raise ``RunFolderBusyError`` now if another process holds ``run_dir``; creates and writes
+    nothing (the lock file keeps its last holder's line).
 
     A check before the slow set-up; only ``acquire`` makes the folder this process's.
     """
-    if (run_dir / LOCK_NAME).is_file():
-        release(acquire(run_dir))
+    path = run_dir / LOCK_NAME
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: nothing to check with
+        return
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as handle:  # flock needs no write access
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise _busy(run_dir, handle.read()) from None
+
+
+def _busy(run_dir: Path, holder: str) -> RunFolderBusyError:
+    return RunFolderBusyError(
+        f"{run_dir} is in use by another training run ({holder.strip() or 'another process'}); choose "
+        "another --name, or wait for that run to finish (nothing was written)")
 
 
 def release(handle: IO[str] | None) -> None:
