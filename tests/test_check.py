@@ -178,3 +178,20 @@ def test_no_boxes_reason_says_what_each_split_loses(tmp_path):
     val = checks.scan_split(config, "val")
     assert "mAP, best.pt and early stopping cannot be measured" in checks.no_boxes_reason(config, val)
     assert checks.no_boxes_reason(config, checks.scan_split(config, "train")) == ""
+
+
+def test_a_label_two_images_read_is_reported_and_counted_once(tmp_path):
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    _jpeg(root / "images" / "note.jpg")
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(root / "images" / "note.png")
+    _jpeg(root / "images" / "other.jpg")
+    for stem in ("note", "other"):
+        (root / "labels" / f"{stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "data.yaml").write_text(yaml.safe_dump({"train": "images", "val": "images", "names": ["a"]}))
+    (split,) = check_dataset(root / "data.yaml", splits=("train",)).splits
+    (problem,) = split.problems
+    assert problem.kind == checks.SHARED_LABEL and problem.path.endswith("labels/note.txt")
+    assert "note.jpg, note.png all take its boxes" in problem.reason
+    assert split.num_labels == 2 and len(split.samples) == 3  # both images still train

@@ -24,6 +24,7 @@ from smartcash.data.labels import DUPLICATE, LabelProblem, parse_label_file
 #: Problem is the label problem type: (path, line, reason, kind); line 0 = the whole file.
 Problem = LabelProblem
 LABEL_WITHOUT_IMAGE = "label without image"
+SHARED_LABEL = "label of several images"
 CONFIG_PROBLEM = "dataset yaml problem"
 _NON_FATAL = frozenset({DUPLICATE})
 _NEEDED = frozenset({"train", "val"})  # splits training reads: absent on disk is a problem, not a note
@@ -117,6 +118,18 @@ def _orphan_labels(config: DatasetConfig, split: str, images: list[Path]) -> lis
                     " add the image or delete the label)", LABEL_WITHOUT_IMAGE) for p in orphans]
 
 
+def _shared_labels(images: list[Path], labels: list[Path], has_label: list[bool]) -> list[Problem]:
+    """Label files that several images of the split read (``x.jpg`` and ``x.png`` both read
+    ``x.txt``): each image gets its boxes, which is right for at most one of them."""
+    readers: dict[Path, list[str]] = {}
+    for image, label, found in zip(images, labels, has_label):
+        if found:
+            readers.setdefault(label, []).append(image.name)
+    return [Problem(str(label), 0, f"{SHARED_LABEL} ({', '.join(names)} all take its boxes; rename or "
+                    "remove the duplicate image)", SHARED_LABEL)
+            for label, names in sorted(readers.items()) if len(names) > 1]
+
+
 def no_boxes_reason(config: DatasetConfig, report: SplitReport) -> str:
     """Why a split whose usable images hold not one box is of no use ('' when some box exists):
     train cannot train on it (an error); on val or test nothing can be measured (a warning)."""
@@ -157,9 +170,11 @@ def scan_split(config: DatasetConfig, split: str, workers: int | None = None) ->
                                 zip(images, labels)))
     samples = tuple(sample for sample, _, _ in results if sample is not None)
     problems = [p for _, found, _ in results for p in found]
+    has_label = [found for _, _, found in results]
     problems.extend(_orphan_labels(config, split, images))
+    problems.extend(_shared_labels(images, labels, has_label))
     return SplitReport(split=split, samples=samples, problems=tuple(problems), num_images=len(images),
-                       num_labels=sum(1 for _, _, has_label in results if has_label))
+                       num_labels=len({label for label, found in zip(labels, has_label) if found}))
 
 
 def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None = None,

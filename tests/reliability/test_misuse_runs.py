@@ -327,3 +327,12 @@ def test_resume_with_no_epochs_left_says_so(tmp_path, good_data, caplog) -> None
     with caplog.at_level("WARNING"):
         assert train_main(train_argv(good_data, project, "done", "--resume", "--epochs", "1")) == 0
     assert "has already trained 2 epochs; nothing is left to train" in caplog.text
+
+
+def test_a_yaml_root_that_does_not_exist_is_named_once_per_run(tmp_path, good_data, caplog) -> None:
+    data = copy_dataset(good_data, tmp_path / "ds")
+    data.write_text(data.read_text() + "path: neww\n")  # a typo: the splits still resolve next to the yaml
+    with caplog.at_level("WARNING"):
+        assert train_main(train_argv(data, tmp_path / "runs", "typo", "--epochs", "1")) == 0
+    warnings = [r.getMessage() for r in caplog.records if "path: neww not found" in r.getMessage()]
+    assert len(warnings) == 1 and str(data.parent) in warnings[0]

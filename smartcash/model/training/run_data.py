@@ -13,7 +13,7 @@ from smartcash.taxonomy import Taxonomy
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from smartcash.data.checks import SplitReport
+    from smartcash.data.dataset import YoloDataset
     from smartcash.model.training.precise_bn import PreciseBatchNorm
 
 logger = logging.getLogger(__name__)
@@ -56,14 +56,14 @@ def build_data(config: TrainConfig, world_size: int, is_main: bool) -> RunData:
     return RunData(dataset.taxonomy, train, val)
 
 
-def build_precise_bn(config: TrainConfig, report: SplitReport | None = None) -> PreciseBatchNorm:
+def build_precise_bn(config: TrainConfig, train: YoloDataset) -> PreciseBatchNorm:
     """The precise-BatchNorm hook over a fixed sample of the (non-augmented) training split.
 
-    ``report``: the training dataset's scan, reused so that its skipped-images warning is given once.
+    ``train``: the training loader's dataset, whose dataset config and scan are reused (its yaml's
+    and its skipped images' warnings are given once).
     """
     from smartcash.data.dataset import YoloDataset
-    from smartcash.data.dataset_config import load_dataset_config
     from smartcash.model.training.precise_bn import PreciseBatchNorm
 
-    dataset = YoloDataset(load_dataset_config(config.data), "train", config.imgsz, augment=False, report=report)
+    dataset = YoloDataset(train.config, "train", config.imgsz, augment=False, report=train.report)
     return PreciseBatchNorm(dataset, config.precise_bn_images, config.seed, config.batch)

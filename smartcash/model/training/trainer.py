@@ -243,7 +243,7 @@ class Trainer:
         self.optimizer = self.phase_setup.optimizer
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_grad_scaler)
         self.ema = ModelEMA(model, config.ema_decay, config.ema_tau)
-        self.precise_bn = (build_precise_bn(config, self.train_loader.dataset.report)
+        self.precise_bn = (build_precise_bn(config, self.train_loader.dataset)
                            if dist.is_main else None)
         if start.resume:
             resumed = resume_from(start.state, optimizer=self.optimizer, scaler=self.scaler, ema=self.ema,
