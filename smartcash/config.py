@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import os
+import shlex
 import types
 import typing
 from dataclasses import dataclass
@@ -103,8 +104,9 @@ class TrainConfig:
 
     def command(self, phase: int, *flags: str) -> str:
         """The ``python -m smartcash.train`` line that reaches this run's ``phase`` (for hints)."""
-        project = "" if self.project == default_values()["project"] else f" --project {self.project}"
-        return " ".join((f"python -m smartcash.train --phase {phase} --name {self.name}{project}", *flags))
+        project = "" if self.project == default_values()["project"] else f" --project {shlex.quote(self.project)}"
+        return " ".join((f"python -m smartcash.train --phase {phase} --name {shlex.quote(self.name)}{project}",
+                         *flags))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (saved as ``args.yaml`` and inside every checkpoint)."""
@@ -153,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", action="store_const", const=True, default=None,
         help="continue PROJECT/train/NAME/phaseN/weights/last.pt")
     add("--exist-ok", dest="exist_ok", action="store_const", const=True, default=None,
-        help="replace the previous run of this name and phase (default: keep it in "
-        "phaseN/previous/<time>/; an unfinished one is refused: --resume it)")
+        help="replace the previous run of this name and phase: delete its checkpoints (default: keep "
+        "the run in phaseN/previous/<time>/; an unfinished one is refused: --resume it)")
     add("--recipe", help="auto | finetune | scratch | recipe.yaml (default auto: finetune when "
         "--weights loaded a pretrained backbone, else scratch; phase 2: phase 1's)")
     add("--precise-bn", dest="precise_bn_images", type=int,

@@ -156,3 +156,18 @@ def test_allocation_adds_up_and_is_fair(count: int, ratios: tuple[float, ...]) -
     assert all(abs(size - count * r) < 1 for size, r in zip(sizes, ratios))
     if count >= np.ceil(1 / min(ratios) - 1e-9):
         assert min(sizes) >= 1
+
+
+def test_a_class_map_value_written_unquoted_survives_the_split(tmp_path: Path) -> None:
+    images, labels = _make_dataset(tmp_path / "source", per_denomination=10, backgrounds=0)
+    taxonomy = load_taxonomy()
+    ten = taxonomy.names.index("10000_whole")
+    names = list(taxonomy.names)
+    names[ten] = "my_ten"
+    data = tmp_path / "source" / "data.yaml"
+    # `010` unquoted: the SmartCash alias of 10000_whole, which YAML alone reads as the octal int 8
+    data.write_text(yaml.safe_dump({"train": "images", "names": names}) + "class_map: {my_ten: 010}\n")
+    result = splitter.split_dataset(images, labels, tmp_path / "out", (0.9, 0.1), seed=0, data=data)
+    config = load_dataset_config(result.data_yaml)
+    assert dict(config.class_map) == {"my_ten": "010"}
+    assert config.class_index == tuple(range(taxonomy.num_classes))

@@ -49,6 +49,7 @@ class DatasetConfig:
     class_index: tuple[int, ...]
     splits: tuple[tuple[str, SplitSource], ...]
     missing_root: str | None = None  # the yaml's `path:` when it did not exist (root fell back)
+    class_map: tuple[tuple[str, str], ...] = ()  # the yaml's class_map (dataset name, taxonomy name), as written
 
     @property
     def num_source_classes(self) -> int:
@@ -232,8 +233,8 @@ def load_dataset_config(path: str | os.PathLike[str], taxonomy: Taxonomy | None 
     class_map = data.get("class_map") or {}
     if not isinstance(class_map, dict):
         raise DatasetError(f"{where}: class_map must be a mapping `dataset name: taxonomy name`")
-    taxonomy, class_index = _class_mapping(
-        names, {str(k): str(v) for k, v in class_map.items()}, taxonomy or load_taxonomy(), where)
+    class_map = {str(k): str(v) for k, v in class_map.items()}
+    taxonomy, class_index = _class_mapping(names, class_map, taxonomy or load_taxonomy(), where)
 
     yaml_dir = yaml_path.parent
     root = yaml_dir
@@ -257,4 +258,5 @@ def load_dataset_config(path: str | os.PathLike[str], taxonomy: Taxonomy | None 
             entries=entries, sources=tuple(p for _, p in resolved if p is not None),
             missing=tuple(e for e, p in resolved if p is None))))
     return DatasetConfig(path=yaml_path, root=root, source_names=names, taxonomy=taxonomy,
-                         class_index=class_index, splits=tuple(splits), missing_root=missing_root)
+                         class_index=class_index, splits=tuple(splits), missing_root=missing_root,
+                         class_map=tuple(class_map.items()))

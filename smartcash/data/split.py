@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import yaml
 
 from smartcash.data.dataset_config import IMAGE_SUFFIXES, load_dataset_config
 from smartcash.cli import write_into_folder
@@ -133,8 +132,7 @@ def _class_mapping(names: Sequence[str] | None, data: Path | None) -> tuple[tupl
     """(dataset names, dataset id -> taxonomy id, taxonomy, extra data.yaml keys) for the labels."""
     if data is not None:
         config = load_dataset_config(data)
-        raw = yaml.safe_load(Path(data).read_text(encoding="utf-8")) or {}
-        extra = {"class_map": raw["class_map"]} if raw.get("class_map") else {}
+        extra = {"class_map": dict(config.class_map)} if config.class_map else {}  # as written (001 stays 001)
         return config.source_names, config.class_index, config.taxonomy, extra
     taxonomy = load_taxonomy()
     if not names:

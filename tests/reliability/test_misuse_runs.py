@@ -24,6 +24,7 @@ from smartcash.model.training import run_lock
 from smartcash.model.training.checkpoint import save_checkpoint
 from smartcash.model.training.phases import EarlyStopping
 from smartcash.model.training.records import read_results
+from smartcash.model.training.run_folder import prepare_run_dir
 from smartcash.model.training.registry import ModelRegistry
 from smartcash.train import Terminated, main as train_main, resume_config, sigterm_as_interrupt
 
@@ -286,10 +287,26 @@ def test_a_fresh_run_keeps_the_previous_finished_run_aside(tmp_path, good_data, 
     assert tree_digest(kept[0]) == {name: digest for name, digest in before.items() if name != ".lock"}
     assert "1 of 1 epochs, finished" in caplog.text and str(kept[0]) in caplog.text
     assert (run_dir / "weights/best.pt").is_file() and load_checkpoint_data(run_dir / "weights/last.pt")["config"]["seed"] == 1
-    # --exist-ok replaces the run in the folder and leaves the kept one alone
+    # the registry followed the kept run until this one replaced it
+    assert ModelRegistry(project / "registry.json").get("again/phase1").weights == str(run_dir.resolve() / "weights/best.pt")
+    # --exist-ok replaces the run in the folder (its checkpoints, not the user's files) and leaves the kept one alone
+    (run_dir / "weights/best.onnx").write_bytes(b"an export of the second run")
     assert train_main(train_argv(good_data, project, "again", "--epochs", "1", "--exist-ok")) == 0
     assert [folder for folder in (run_dir / "previous").iterdir()] == kept
     assert load_checkpoint_data(run_dir / "weights/last.pt")["config"]["seed"] == 0
+    assert (run_dir / "weights/best.onnx").read_bytes() == b"an export of the second run"
+
+
+def test_the_registry_entry_follows_a_run_kept_aside(tmp_path, good_data) -> None:
+    project = tmp_path / "runs"
+    run_dir = project / "train/moved/phase1"
+    assert train_main(train_argv(good_data, project, "moved", "--epochs", "1")) == 0
+    # a second run of the name has set up its folder (and not finished: the entry is still the first run's)
+    prepare_run_dir(build_config(["--data", str(good_data), "--project", str(project), "--name", "moved"]))
+    (kept,) = (run_dir / "previous").iterdir()
+    entry = ModelRegistry(project / "registry.json").get("moved/phase1")
+    assert entry.run_dir == str(kept.resolve()) and entry.weights == str(kept.resolve() / "weights/best.pt")
+    assert Path(entry.weights).is_file() and not (run_dir / "weights/best.pt").exists()
 
 
 def test_a_fresh_run_over_an_unfinished_one_is_refused(tmp_path, good_data, capsys) -> None:
@@ -321,12 +338,16 @@ def test_phase_2_from_an_unfinished_phase_1_says_so(tmp_path, good_data, caplog)
     assert f"--phase 1 --name early --project {project} --resume" in caplog.text
 
 
-def test_resume_with_no_epochs_left_says_so(tmp_path, good_data, caplog) -> None:
+def test_resume_with_no_epochs_left_says_so_and_ends_the_run(tmp_path, good_data, caplog) -> None:
     project = tmp_path / "runs"
-    assert train_main(train_argv(good_data, project, "done", "--epochs", "2")) == 0
+    assert train_main(train_argv(good_data, project, "done", "--epochs", "1")) == 0
+    _mark_unfinished(project / "train/done/phase1")  # 1 of 5 epochs, Ctrl-C'd
     with caplog.at_level("WARNING"):
         assert train_main(train_argv(good_data, project, "done", "--resume", "--epochs", "1")) == 0
-    assert "has already trained 2 epochs; nothing is left to train" in caplog.text
+    assert "has already trained 1 epochs; nothing is left to train" in caplog.text
+    # the resume ended the run: its last.pt says so, and a fresh run keeps it aside instead of refusing
+    assert train_main(train_argv(good_data, project, "done", "--epochs", "1")) == 0
+    assert (project / "train/done/phase1/previous").is_dir()
 
 
 def test_a_yaml_root_that_does_not_exist_is_named_once_per_run(tmp_path, good_data, caplog) -> None:

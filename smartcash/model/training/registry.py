@@ -3,8 +3,8 @@
 The file holds ``{"version": 1, "runs": {id: entry}}``: lookup by id is one dict access; ``best``
 scans the entries once. Updates are read-modify-write under an exclusive ``fcntl`` lock on a
 sidecar ``.lock`` file (concurrent runs, DDP ranks) and the file is replaced atomically.
-The id is ``NAME/phaseN``: a new run of the same name and phase replaces its entry, as it replaces
-the weights the entry points at. An unreadable file is renamed ``registry.json.corruptN`` by the
+The id is ``NAME/phaseN``: a new run of the same name and phase replaces its entry when it finishes;
+until then the entry follows the previous run to ``phaseN/previous/<time>/`` (``moved``). An unreadable file is renamed ``registry.json.corruptN`` by the
 next ``add`` (which starts a new file), never overwritten; entries that are not valid are skipped
 with a warning.
 """
@@ -96,9 +96,29 @@ class ModelRegistry:
                 kept = self._set_aside()
                 logger.warning("%s; kept it as %s and started a new registry", error, kept)
             runs[entry.id] = asdict(entry)
-            payload = {"version": REGISTRY_VERSION, "runs": runs}
-            atomic_write_text(self.path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+            self._write(runs)
         logger.info("registry %s: %s", self.path, entry.id)
+
+    def moved(self, run_id: str, old_dir: Path, new_dir: Path) -> None:
+        """Point ``run_id``'s entry at ``new_dir`` when it pointed into ``old_dir`` (a run kept aside
+        by a fresh run of its name and phase), atomically and under the lock; else nothing."""
+        if not self.path.is_file():
+            return
+        old_dir, new_dir = old_dir.resolve(), new_dir.resolve()
+        with self._locked():
+            try:
+                runs = self._read()
+            except RegistryError:  # unreadable: the next add keeps it aside
+                return
+            entry = runs.get(run_id)
+            if not isinstance(entry, dict) or Path(str(entry.get("run_dir", ""))) != old_dir:
+                return
+            for key in ("run_dir", "weights"):
+                path = Path(str(entry.get(key, "")))
+                if path.is_relative_to(old_dir):
+                    entry[key] = str(new_dir / path.relative_to(old_dir))
+            self._write(runs)
+        logger.info("registry %s: %s now points at %s", self.path, run_id, new_dir)
 
     def get(self, run_id: str) -> RegistryEntry:
         """The entry with ``run_id`` (O(1) after reading the file)."""
@@ -155,6 +175,11 @@ class ModelRegistry:
         if not isinstance(payload, dict) or not isinstance(payload.get("runs"), dict):
             raise RegistryError(f"{self.path}: expected {{'version': 1, 'runs': {{...}}}}")
         return payload["runs"]
+
+    def _write(self, runs: dict[str, dict[str, Any]]) -> None:
+        """Replace the file (under the lock) with ``runs``."""
+        payload = {"version": REGISTRY_VERSION, "runs": runs}
+        atomic_write_text(self.path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
     def _set_aside(self) -> Path:
         """Rename the unreadable registry to a free ``registry.json.corruptN`` (never replacing one)."""

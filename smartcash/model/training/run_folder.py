@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-import shutil
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 PREVIOUS_RUNS = "previous"
 #: Files of the run folder that stay where they are when the previous run is kept aside.
 NOT_MOVED = (".lock", PREVIOUS_RUNS)
+#: Outputs of an earlier run that a replacing run deletes besides the checkpoints, as they would mix
+#: with its own (the rest, results.csv, args.yaml, plots, it overwrites).
+STALE_OUTPUTS = ("events.out.tfevents.*", "labels.png", "train_batch*.jpg", "val_batch0_*.jpg")
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class PreviousRun:
     checkpoints: tuple[Path, ...]  # weights/last.pt and / or best.pt that exist
     completed: int | None  # epochs completed (last.pt), None when it cannot be read
     epochs: int | None  # epochs the run was set to train
-    unfinished: bool  # stopped before its epochs (Ctrl-C, a kill, a failure), not by early stopping
+    unfinished: bool  # epochs left, not stopped early: Ctrl-C, a kill or a failure stopped it
 
     def describe(self) -> str:
         names = ", ".join(f"weights/{path.name}" for path in self.checkpoints)
@@ -50,7 +53,7 @@ def previous_run(run_dir: Path) -> PreviousRun | None:
         stopping = state.get("early_stopping") or {}
         patience, best_epoch = int(stopping.get("patience", 0)), int(stopping.get("best_epoch", -1))
         stopped_early = patience > 0 and completed - 1 - best_epoch >= patience  # EarlyStopping.should_stop
-        unfinished = bool(state.get("interrupted", False)) or (completed < epochs and not stopped_early)
+        unfinished = completed < epochs and not stopped_early
     except Exception:  # noqa: BLE001 (missing, corrupt or foreign: nothing to tell)
         return PreviousRun(checkpoints, None, None, False)
     return PreviousRun(checkpoints, completed, epochs, unfinished)
@@ -63,8 +66,8 @@ def refuse_to_bury_an_unfinished_run(config: TrainConfig) -> None:
     Raises:
         ConfigError: the folder holds an unfinished run and ``exist_ok`` is off.
     """
-    if config.resume or config.exist_ok:
-        return
+    if config.resume or config.exist_ok or int(os.environ.get("RANK", "0")) != 0:
+        return  # torchrun: rank 0 alone owns the folder (and reports)
     from smartcash.model.training import run_lock
 
     try:
@@ -91,10 +94,10 @@ def prepare_run_dir(config: TrainConfig) -> None:
                            config.run_dir, found.describe())
             _clear(config.run_dir)
         elif found is not None:
-            kept = _keep_aside(config.run_dir)
+            kept = _keep_aside(config)
             logger.warning("%s: the previous run of this name and phase (%s) is kept in %s; "
                            "--exist-ok replaces it instead", config.run_dir, found.describe(), kept)
-        else:  # no checkpoints: only a crashed start's leftovers
+        else:  # no checkpoints: a crashed start's leftovers at most
             _clear(config.run_dir)
     weights.mkdir(parents=True, exist_ok=True)
     # A process killed between writing and renaming leaves its hidden temp file (atomic.py): the
@@ -105,12 +108,12 @@ def prepare_run_dir(config: TrainConfig) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _outputs(run_dir: Path) -> list[Path]:
-    return [path for path in sorted(run_dir.iterdir()) if path.name not in NOT_MOVED] if run_dir.is_dir() else []
+def _keep_aside(config: TrainConfig) -> Path:
+    """Move the run folder's contents (but its lock and earlier kept runs) into
+    ``previous/<UTC time>/`` and point its registry entry there; returns that folder."""
+    from smartcash.model.training.registry import ModelRegistry
 
-
-def _keep_aside(run_dir: Path) -> Path:
-    """Move the run folder's outputs into ``previous/<UTC time>/``; returns that folder."""
+    run_dir = config.run_dir
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     target = run_dir / PREVIOUS_RUNS / stamp
     suffix = 1
@@ -118,16 +121,18 @@ def _keep_aside(run_dir: Path) -> Path:
         suffix += 1
         target = run_dir / PREVIOUS_RUNS / f"{stamp}-{suffix}"
     target.mkdir(parents=True)
-    for path in _outputs(run_dir):
-        path.rename(target / path.name)
+    for path in sorted(run_dir.iterdir()):
+        if path.name not in NOT_MOVED:
+            path.rename(target / path.name)
+    ModelRegistry(Path(config.project) / "registry.json").moved(f"{config.name}/phase{config.phase}", run_dir, target)
     return target
 
 
 def _clear(run_dir: Path) -> None:
-    """Delete the run folder's outputs (kept-aside runs stay): TensorBoard events and pictures of
-    an earlier run would mix with this one's."""
-    for path in _outputs(run_dir):
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
+    """Delete the previous run's checkpoints, and the outputs this run would mix with instead of
+    overwriting (TensorBoard events, pictures); anything else in the folder stays."""
+    for path in (run_dir / "weights" / "last.pt", run_dir / "weights" / "best.pt"):
+        path.unlink(missing_ok=True)
+    for pattern in STALE_OUTPUTS:
+        for path in run_dir.glob(pattern):
             path.unlink()

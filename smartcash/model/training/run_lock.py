@@ -72,10 +72,12 @@ def ensure_free(run_dir: Path) -> None:
         return
     if not path.is_file():
         return
-    with open(path, encoding="utf-8") as handle:  # flock needs no write access
+    # A shared lock needs only read access (an exclusive one needs write access on NFS) and still
+    # conflicts with the holder's exclusive lock; any other error is not "busy" and propagates.
+    with open(path, encoding="utf-8") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
             raise _busy(run_dir, handle.read()) from None
 
 

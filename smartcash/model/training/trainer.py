@@ -416,6 +416,8 @@ class Trainer:
                              tracker.best_epoch, tracker.best, self.epoch + 1, stopped_early, dict(self.best_row))
         if not self.dist.is_main:
             return result
+        if self.start_epoch >= self.config.epochs:  # resumed with no epoch left: last.pt says it is done
+            self._save_checkpoints(improved=False, interrupted=False)
         self.records.flush()
         if self.config.plots:
             best = self.best_result
