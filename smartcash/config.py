@@ -29,6 +29,8 @@ from smartcash.model.training.records import RESULTS_COLUMNS
 LOSS_PARTS = ("box", "obj", "cls")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+#: Config keys holding a path, where a leading ``~`` is the home folder (as a shell would expand it).
+PATH_KEYS = ("project", "data", "weights")
 #: Flags a ``--resume`` may change; everything else comes from the interrupted run's config.
 RESUME_OVERRIDES = ("device", "workers", "threads", "cache", "epochs", "patience", "tensorboard", "mlflow")
 #: What early stopping may track: fitness, and the results.csv columns of metrics and losses.
@@ -124,6 +126,9 @@ class TrainConfig:
             raise ConfigError(f"{source}: missing key(s) {missing} (see {DEFAULT_CONFIG})")
         hints = typing.get_type_hints(cls)
         typed = {name: _coerce(name, value, hints[name], source) for name, value in values.items()}
+        for name in PATH_KEYS:  # ~/runs in a YAML (no shell to expand it) is the home folder's
+            if isinstance(typed[name], str):
+                typed[name] = os.path.expanduser(typed[name])
         config = cls(**typed)
         _validate(config, source)
         return config
@@ -283,6 +288,23 @@ def resolve_device(device: str, source: str = "config") -> str:
     raise ConfigError(f"{source}: device {device!r} not understood (cpu | cuda | cuda:N | N)")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML alone keeps the last)."""
+
+
+def _mapping_without_repeats(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML mapping, or a ConfigError naming the file (and line) that is wrong."""
     try:
@@ -294,7 +316,7 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read the config file ({error})") from error
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -324,8 +346,14 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
             return value
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if kind is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+            try:  # a str: YAML 1.1 reads 1e-2 (no dot) as text
+                number = float(value)
+            except ValueError:
+                continue
+            if not math.isfinite(number):
+                raise ConfigError(f"{source}: {name} must be a finite number, got {value!r}")
+            return number
         if kind is str and isinstance(value, (str, Path)):
             return str(value)
         if typing.get_origin(kind) is dict and isinstance(value, dict):

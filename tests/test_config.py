@@ -60,8 +60,11 @@ def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:
     ([], "cache: RAM\n", "cache='RAM': must be one of none, ram, disk"),
     (["--loss-gains", "iou=2"], "", "loss_gains={'iou': 2.0}: unknown part(s) ['iou']: the parts are box, obj, cls"),
     (["--loss-gains", "cls=-1"], "", "loss_gains={'cls': -1.0}: gains must be finite and >= 0"),
-    (["--loss-gains", "box=inf"], "", "loss_gains={'box': inf}: gains must be finite and >= 0"),
-    ([], "loss_gains: {cls: .nan}\n", "gains must be finite and >= 0"),
+    (["--loss-gains", "box=inf"], "", "loss_gains.box must be a finite number, got inf"),
+    ([], "loss_gains: {cls: .nan}\n", "loss_gains.cls must be a finite number, got nan"),
+    ([], "weight_decay: .inf\n", "weight_decay must be a finite number, got inf"),
+    ([], "fitness_map50: .nan\n", "fitness_map50 must be a finite number, got nan"),
+    ([], "epochs: 1\nepochs: 2\n", "bad.yaml:2: invalid YAML (key 'epochs' given twice)"),
     ([], "loss_gains: {cls: high}\n", "loss_gains.cls must be float, got 'high'"),
     ([], "loss_gains: 0.5\n", "loss_gains must be dict"),
 ])
@@ -149,3 +152,15 @@ def test_validation_and_prediction_numbers_come_from_default_yaml(tmp_path) -> N
 def _write(path, text: str):
     path.write_text(text)
     return path
+
+
+def test_yaml_numbers_and_home_paths_as_a_user_writes_them(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home/ds").mkdir(parents=True)
+    (tmp_path / "home/ds/data.yaml").write_text("train: images\nval: images\nnames: [a]\n")
+    user = tmp_path / "mine.yaml"
+    # YAML 1.1 reads 1e-2 (no dot) as text; ~ has no shell to expand it inside a YAML
+    user.write_text("weight_decay: 1e-2\nproject: ~/smartcash_runs\ndata: ~/ds/data.yaml\n")
+    config = build_config(["--config", str(user), "--device", "cpu"])
+    assert config.weight_decay == 0.01
+    assert config.project == str(tmp_path / "home/smartcash_runs") and config.data == str(tmp_path / "home/ds/data.yaml")

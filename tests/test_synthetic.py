@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from smartcash.data import synthetic
+from smartcash.data.errors import DatasetError
 from smartcash.data.dataset_config import load_dataset_config
 from smartcash.data.labels import parse_label_file
 from smartcash.taxonomy import load_taxonomy
@@ -134,3 +135,12 @@ def test_interrupted_generation_is_never_used(tmp_path: Path, monkeypatch: pytes
     assert (directory / synthetic.MARKER).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
     assert len(load_dataset_config(data_yaml).images("train")) == SMALL["num_train"]
+
+
+def test_a_cache_folder_that_is_a_file_is_named(tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file")
+    monkeypatch.setenv("SMARTCASH_CACHE", str(blocker))
+    with pytest.raises(DatasetError, match=r"not_a_folder: the cache folder \(\$SMARTCASH_CACHE.*is not a folder"):
+        synthetic.ensure_synthetic_dataset(num_train=2, num_val=1, imgsz=64)
+    assert blocker.read_text() == "a file"

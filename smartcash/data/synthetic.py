@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from smartcash.data import synthetic_draw as draw
+from smartcash.data.errors import DatasetError
 from smartcash.data.label_cache import cache_root
 from smartcash.data.yolo_writer import YoloLayoutWriter
 from smartcash.taxonomy import Taxonomy, load_taxonomy
@@ -243,7 +244,12 @@ def ensure_synthetic_dataset(root: str | os.PathLike[str] | None = None, seed: i
     directory = base / dataset_dir_name(seed, num_train, num_val, imgsz)
     if (directory / MARKER).is_file():
         return directory / "data.yaml"
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:  # a file where the cache folder should be
+        source = "--root" if root is not None else "the cache folder ($SMARTCASH_CACHE, default ~/.cache/smartcash)"
+        raise DatasetError(f"{base}: {source} is not a folder ({error.strerror}); point it at a folder "
+                           "to generate the built-in synthetic dataset in") from error
     if directory.exists():  # left without a marker by something else: set it aside, then rebuild
         stale = Path(tempfile.mkdtemp(prefix=f".stale-{directory.name}-", dir=base))
         directory.rename(stale / "old")
