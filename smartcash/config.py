@@ -181,12 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def loss_gains_problem(gains: dict[str, float]) -> str | None:
     """Why these loss gains are refused (a part that is not box / obj / cls, a gain that is not finite
-    and >= 0), or None: one check for the config, the recipes and the benchmark's flag."""
+    and >= 0, all three at 0), or None: one check for the config, the recipes and the benchmark's flag."""
     unknown = sorted(set(gains) - set(LOSS_PARTS))
     if unknown:
         return f"unknown part(s) {unknown}: the parts are {', '.join(LOSS_PARTS)}"
     if not all(math.isfinite(gain) and gain >= 0 for gain in gains.values()):
         return "gains must be finite and >= 0"
+    if set(gains) == set(LOSS_PARTS) and not any(gains.values()):
+        return "every gain is 0: the loss would be 0 and nothing would be learned"
     return None
 
 

@@ -67,6 +67,7 @@ def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:
     ([], "epochs: 1\nepochs: 2\n", "bad.yaml:2: invalid YAML (key 'epochs' given twice)"),
     ([], "loss_gains: {cls: high}\n", "loss_gains.cls must be float, got 'high'"),
     ([], "loss_gains: 0.5\n", "loss_gains must be dict"),
+    (["--loss-gains", "box=0,obj=0,cls=0"], "", "every gain is 0: the loss would be 0"),
 ])
 def test_bad_values_are_rejected_with_clear_messages(tmp_path, argv, yaml_text, message) -> None:
     if yaml_text:
