@@ -119,9 +119,15 @@ def plain_folder_name(flag: str, name: str) -> str:
     return name
 
 
-def output_file(flag: str, path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+def output_file(flag: str, path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = (),
+                suffixes: Iterable[str] = ()) -> Path:
     """A file this command may (re)write: not a folder, not one of ``inputs``, not an existing
-    checkpoint, in a folder that exists and is writable, or can be made."""
+    checkpoint, registry or dataset file, named with one of ``suffixes`` (any name when none are
+    given), in a folder that exists and is writable, or can be made.
+
+    Raises:
+        UsageError: any of these does not hold (exit 2); nothing has been written.
+    """
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{flag} {path}: is a folder; give a file name")
@@ -129,13 +135,41 @@ def output_file(flag: str, path: str | os.PathLike[str], inputs: Iterable[str | 
         if _same_file(path, Path(source)):
             raise UsageError(f"{flag} {path}: is the input {source}; choose another output file "
                              "(an output never replaces its input)")
-    if path.is_file() and looks_like_checkpoint(path):
-        raise UsageError(f"{flag} {path}: is a checkpoint; choose another output file "
-                         "(a checkpoint is never overwritten)")
+    if path.is_file():
+        kind = _protected_kind(path)
+        if kind:
+            raise UsageError(f"{flag} {path}: is {kind}; choose another output file ({kind} is never overwritten)")
+    suffixes = tuple(suffixes)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{flag} {path}: must end in {' or '.join(suffixes)} (the file this command writes)")
     writable_folder(flag, path.parent)
     if path.exists() and not os.access(path, os.W_OK):
         raise UsageError(f"{flag} {path}: not writable (check its permissions)")
     return path
+
+
+def _protected_kind(path: Path) -> str | None:
+    """What the existing file ``path`` is when no output may replace it (None: it may be replaced)."""
+    from smartcash.data.dataset_config import IMAGE_SUFFIXES
+
+    if looks_like_checkpoint(path):
+        return "a checkpoint"
+    if path.suffix.lower() in {".yaml", ".yml", ".txt", *IMAGE_SUFFIXES}:  # a dataset yaml, labels, images
+        return "a dataset file"
+    if path.suffix.lower() == ".json" and _is_registry(path):
+        return "a model registry"
+    return None
+
+
+def _is_registry(path: Path) -> bool:
+    """True when ``path`` holds a SmartCash registry, ``{"version": ..., "runs": {...}}``."""
+    import json
+
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable or not JSON: not a registry
+        return False
+    return isinstance(payload, dict) and "version" in payload and isinstance(payload.get("runs"), dict)
 
 
 def writable_folder(flag: str, folder: str | os.PathLike[str]) -> Path:

@@ -169,7 +169,7 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     if args.opset not in opsets:
         raise UsageError(f"--opset {args.opset}: this torch exports opsets {opsets.start}..{opsets.stop - 1}")
     output = Path(args.output) if args.output else Path(args.weights).with_suffix(".onnx")
-    return output_file("--output", output, inputs=[args.weights])
+    return output_file("--output", output, inputs=[args.weights], suffixes=(".onnx",))
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ authentication features present. Writes the images with their detections drawn, 
 
 Exit status (``smartcash.cli``): 0 when at least one image was processed, 1 when none could be
 (or the weights file is an unreadable checkpoint, or the results could not be written), 2 for bad
-arguments (missing weights, no images found, thresholds out of range, a --name that is not a plain
-folder name, a save folder that cannot be written), 130 on Ctrl-C (after writing the
-results of the images done so far). Images inside the save folder, or inside an earlier run's
+arguments (missing weights, an empty --source, a URL or a video as --source, no images found,
+thresholds out of range, a --name that is not a plain folder name, a save folder that cannot be
+written), 130 on Ctrl-C (after writing the results of the images done so far). Images inside the save folder, or inside an earlier run's
 output (a folder holding ``predictions.json``), are never predicted.
 """
 
@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,17 +32,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from smartcash.data.dataset_config import IMAGE_SUFFIXES, is_inside, predict_output_folders
+from smartcash.data.dataset_config import PREDICT_RESULTS_FILE as RESULTS_JSON
+
 if TYPE_CHECKING:
     from smartcash.inference import ImagePrediction, Predictor
 
 logger = logging.getLogger(__name__)
 
-#: What a run writes into its save folder; a folder holding predictions.json is a predict output.
-RESULTS_JSON, RESULTS_CSV = "predictions.json", "predictions.csv"
+#: What a run writes into its save folder, besides RESULTS_JSON (whose presence marks a predict output).
+RESULTS_CSV = "predictions.csv"
 #: Columns of predictions.csv, one row per detection.
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "score", "class_id", "class_name", "main_id", "main_name")
 #: Suffixes cv2.imwrite writes back as they are; drawn images of other formats become ``name.jpg``.
 _WRITABLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+_VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv"})
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class ArgumentsError(ValueError):
@@ -76,6 +82,23 @@ def increment_dir(root: Path, name: str) -> Path:
     return candidate
 
 
+def check_source(source: str | os.PathLike[str]) -> None:
+    """Refuse a --source that names no local image or folder: empty, a URL, a video.
+
+    Raises:
+        ArgumentsError: with the text as given (``Path`` would read "" as the current folder and
+        turn ``https://`` into ``https:/``).
+    """
+    text = os.fspath(source)
+    if not text.strip():
+        raise ArgumentsError("--source is empty: give an image file or a folder (. for the current folder)")
+    if _URL.match(text):
+        raise ArgumentsError(f"--source {text}: URLs are not supported (download the file first)")
+    if Path(text).suffix.lower() in _VIDEO_SUFFIXES and not Path(text).is_dir():
+        raise ArgumentsError(f"--source {text}: videos are not supported (extract frames first, e.g. "
+                             "ffmpeg -i VIDEO frames/%05d.jpg)")
+
+
 def find_images(source: str | os.PathLike[str], save_dir: Path | None = None) -> list[Path]:
     """The image file itself, or the images under a folder (recursive, sorted).
 
@@ -83,22 +106,20 @@ def find_images(source: str | os.PathLike[str], save_dir: Path | None = None) ->
     (an earlier run's drawings, when the output sits inside the source).
 
     Raises:
-        ArgumentsError: the path does not exist, or the folder holds no images.
+        ArgumentsError: an empty source, a URL, a video, a path that does not exist, or a folder without images.
     """
-    from smartcash.data.dataset_config import IMAGE_SUFFIXES
-
+    check_source(source)
     path = Path(source)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise ArgumentsError(f"--source {path}: no such file or folder")
-    outputs = {p.parent.resolve() for p in path.rglob(RESULTS_JSON)}
+    outputs = {folder.resolve() for folder in predict_output_folders(path)}
     if save_dir is not None:
         outputs.add(save_dir.resolve())
     images, drawn = [], 0
     for candidate in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-        folder = candidate.parent.resolve()
-        if folder in outputs or any(parent in outputs for parent in folder.parents):
+        if is_inside(candidate.parent.resolve(), outputs):
             drawn += 1
         else:
             images.append(candidate)
@@ -219,6 +240,7 @@ def _check_arguments(args: argparse.Namespace) -> Path:
         at_least(flag, value, 1)
     at_least("--imgsz", args.imgsz, 32)
     plain_folder_name("--name", args.name)  # PROJECT/predict/NAME: never outside PROJECT
+    check_source(args.source)
     save_dir = Path(args.save_dir) if args.save_dir else increment_dir(Path(args.project) / "predict", args.name)
     if save_dir.is_file():
         raise ArgumentsError(f"--save-dir {save_dir}: is a file; give a folder")

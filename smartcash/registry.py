@@ -6,17 +6,19 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
-from smartcash.cli import EXIT_USAGE, print_error
+from smartcash.cli import EXIT_FAILED, EXIT_USAGE, print_error
 from smartcash.model.training.registry import ModelRegistry, RegistryError
 
 SHOWN_METRICS = ("metrics/mAP50", "metrics/mAP50-95", "fitness")
+DEFAULT_REGISTRY = "runs/registry.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m smartcash.registry",
                                      description="Query the registry of finished training runs.")
-    parser.add_argument("--registry", default="runs/registry.json", help="registry file")
+    parser.add_argument("--registry", help=f"registry file (default {DEFAULT_REGISTRY}; absent there: no runs yet)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="every run, oldest first")
     best = commands.add_parser("best", help="the run with the best value of a metric")
@@ -31,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.registry is None:
+        args.registry = DEFAULT_REGISTRY  # absent: no run has finished yet
+    elif not Path(args.registry).exists():  # named by the user: absent is a mistyped path
+        print_error(f"--registry {args.registry}: no such file (training writes PROJECT/registry.json, "
+                    f"default {DEFAULT_REGISTRY})")
+        return EXIT_USAGE
     registry = ModelRegistry(args.registry)
     try:
         if args.command == "list":
@@ -49,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         entry = registry.best(args.metric, phase=args.phase)
         if entry is None:
-            print(f"{args.registry}: no run has metric {args.metric!r}", file=sys.stderr)
-            return 1
+            return _no_best(registry, args)
         if args.json:
             print(json.dumps(asdict(entry), indent=2))
         else:
@@ -63,6 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a folder or an unreadable file where the registry should be
         print_error(f"{error} (--registry must name a registry file)")
         return EXIT_USAGE
+
+
+def _no_best(registry: ModelRegistry, args: argparse.Namespace) -> int:
+    """Why ``best`` found nothing: no runs or none of the phase (1), or a metric no run has (2)."""
+    entries = registry.entries()
+    if not entries:
+        print(f"{args.registry}: no runs yet", file=sys.stderr)
+        return EXIT_FAILED
+    names = sorted({name for entry in entries for name in entry.metrics})
+    if args.metric not in names and f"metrics/{args.metric}" not in names:
+        print_error(f"--metric {args.metric}: no run in {args.registry} has it; "
+                    f"the runs have {', '.join(names) or 'no metrics'}")
+        return EXIT_USAGE
+    where = f"phase {args.phase} " if args.phase is not None else ""
+    print(f"{args.registry}: no {where}run has a finite value of metric {args.metric!r}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _value(value: object) -> str:

@@ -122,7 +122,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     in_range("--conf", args.conf, 0.0, 1.0, high_open=True)
     in_range("--iou", args.iou, 0.0, 1.0, low_open=True)
     if args.json:
-        output_file("--json", args.json, inputs=[args.weights, *([args.data] if args.data else [])])
+        output_file("--json", args.json, inputs=[args.weights, *([args.data] if args.data else [])],
+                    suffixes=(".json",))
     checkpoint_file("--weights", args.weights)  # last: a wrong flag is reported first
 
 

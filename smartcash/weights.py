@@ -113,7 +113,7 @@ def convert_file(path: Path, output: Path) -> int:
     from smartcash.cli import output_file
     from smartcash.model.weight_files import read_weights
 
-    output_file("OUT", output, inputs=[path])
+    output_file("OUT", output, inputs=[path], suffixes=(".pt", ".pth"))
     weights = read_weights(path)
     buffer = io.BytesIO()
     torch.save(weights.tensors, buffer)

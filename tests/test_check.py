@@ -195,3 +195,18 @@ def test_a_label_two_images_read_is_reported_and_counted_once(tmp_path):
     assert problem.kind == checks.SHARED_LABEL and problem.path.endswith("labels/note.txt")
     assert "note.jpg, note.png all take its boxes" in problem.reason
     assert split.num_labels == 2 and len(split.samples) == 3  # both images still train
+
+
+def test_predict_output_inside_val_is_left_out_and_warned(tmp_path, capsys):
+    """Drawn copies from `predict --save-dir valid/images/pred` would be unlabelled backgrounds: not counted."""
+    data = _dataset_with_background_val(tmp_path, val_labels="0 0.5 0.5 0.2 0.2\n")
+    drawn = tmp_path / "valid" / "images" / "pred"
+    for name in ("v1", "v2"):
+        _jpeg(drawn / f"{name}.jpg")
+    (drawn / "predictions.json").write_text("{}\n")
+    report = check_dataset(data)
+    (val,) = [split for split in report.splits if split.split == "val"]
+    assert val.num_images == 2 and val.num_backgrounds == 1
+    assert report.ok and len(report.warnings) == 1 and str(drawn) in report.warnings[0]
+    assert check.main(["--data", str(data)]) == 0
+    assert "clean" not in capsys.readouterr().out

@@ -170,3 +170,26 @@ def test_unquoted_numeric_class_map_keeps_the_text_written(tmp_path):
     taxonomy = load_taxonomy()
     assert list(config.class_index) == [taxonomy.names.index(n) for n in (
         "1000_whole", "10000_whole", "special_sign")]
+
+
+def test_predict_output_inside_a_split_is_left_out_with_one_warning_per_folder(tmp_path, caplog):
+    """`predict --save-dir images/val/pred` writes drawn copies into the split: they are no dataset images."""
+    originals = _touch_images(tmp_path / "images" / "val", ["a.jpg", "b.jpg"])
+    drawn = tmp_path / "images" / "val" / "pred"
+    _touch_images(drawn, ["a.jpg", "b.jpg"])
+    _touch_images(drawn / "nested", ["c.jpg"])  # drawn copies keep the source's subfolders
+    (drawn / "predictions.json").write_text("{}\n")
+    _touch_images(tmp_path / "images" / "val" / "more", ["d.jpg"])
+    (tmp_path / "images" / "val" / "more" / "predictions.csv").write_text("")  # only the json marks an output
+    config = load_dataset_config(_write_yaml(tmp_path / "data.yaml", {"train": "images/val", "val": "images/val",
+                                                                       "names": ["001"]}))
+    caplog.set_level("WARNING", logger="smartcash.data.dataset_config")
+    assert config.images("val") == [*originals, tmp_path / "images" / "val" / "more" / "d.jpg"]
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert warning.startswith(f"{drawn}: left out of the dataset, a smartcash.predict output")
+
+
+def test_folder_named_like_the_results_file_marks_nothing(tmp_path):
+    images = _touch_images(tmp_path / "images" / "predictions.json", ["a.jpg"])  # a folder, not predict's file
+    config = load_dataset_config(_write_yaml(tmp_path / "data.yaml", {"train": "images", "names": ["001"]}))
+    assert config.images("train") == images

@@ -251,3 +251,23 @@ def test_export_without_onnx_names_the_install_command(checkpoint, tmp_path, mon
     error = capsys.readouterr().err
     assert "pip install onnx onnxruntime" in error
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("source, message", [
+    ("", "--source is empty: give an image file or a folder"),
+    ("   ", "--source is empty: give an image file or a folder"),
+    ("https://example.com/note.jpg", "--source https://example.com/note.jpg: URLs are not supported (download the "
+                                     "file first)"),
+    ("clip.mp4", "--source clip.mp4: videos are not supported (extract frames first"),
+    ("CLIP.MOV", "--source CLIP.MOV: videos are not supported (extract frames first"),
+])
+def test_predict_source_that_is_no_local_image_or_folder_exits_2(source, message, checkpoint, tmp_path,
+                                                                 monkeypatch, capsys) -> None:
+    """Path("") is the current folder and Path("https://x") is "https:/x": the text is checked as given."""
+    monkeypatch.chdir(tmp_path)
+    cv2.imwrite("photo.jpg", np.zeros((40, 40, 3), np.uint8))  # what an empty --source would have predicted
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    before = sorted(tmp_path.rglob("*"))
+    assert predict_main(["--weights", str(checkpoint), "--source", source, "--device", "cpu", "--imgsz", "64"]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before  # no runs/ folder made

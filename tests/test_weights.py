@@ -389,6 +389,8 @@ def test_convert_never_writes_over_a_checkpoint(tmp_path, yolov5_release, capsys
         assert error.startswith(f"error: OUT {target}: is a checkpoint") and "never overwritten" in error, error
         assert target.read_bytes() == before
     assert sorted(p.name for p in best.parent.iterdir()) == ["best.pt"]  # nor a temp file left
+    assert weights_main(["convert", str(path), str(tmp_path / "state.bin")]) == 2  # not a .pt / .pth name
+    assert "must end in .pt or .pth" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted.pt", "runs"]
 
 

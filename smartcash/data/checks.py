@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smartcash.data.dataset_config import DatasetConfig, load_dataset_config
+from smartcash.data.dataset_config import (PREDICT_RESULTS_FILE, DatasetConfig, load_dataset_config,
+                                           predict_output_folders)
 from smartcash.data.errors import DatasetError
 from smartcash.data.images import probe_image
 from smartcash.data.labels import DUPLICATE, LabelProblem, parse_label_file
@@ -177,6 +178,12 @@ def scan_split(config: DatasetConfig, split: str, workers: int | None = None) ->
                        num_labels=len({label for label, found in zip(labels, has_label) if found}))
 
 
+def _predict_outputs(config: DatasetConfig, split: str) -> list[Path]:
+    """The predict output folders inside ``split``'s folders, which ``config.images`` leaves out."""
+    sources = config.split_sources(split).sources
+    return [folder for source in sources if source.is_dir() for folder in predict_output_folders(source)]
+
+
 def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None = None,
                   workers: int | None = None) -> DatasetReport:
     """Load a dataset yaml and scan its splits; yaml errors become problems, not exceptions.
@@ -208,6 +215,8 @@ def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None =
                                            CONFIG_PROBLEM))
             continue
         reports.append(report)
+        warnings.extend(f"{split}: {folder} left out: a smartcash.predict output (it holds {PREDICT_RESULTS_FILE}) "
+                        "inside the dataset; move it out" for folder in _predict_outputs(config, split))
         if not report.num_images:  # training refuses a split with no images: so does the checker
             entries = ", ".join(config.split_sources(split).entries)
             config_problems.append(Problem(str(config.path), 0, f"{split} split has no images (in {entries})",

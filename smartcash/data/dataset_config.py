@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".mpo", ".dng"})
 SPLITS = ("train", "val", "test")
 _SPLIT_KEYS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+#: What ``smartcash.predict`` writes into its save folder: a folder holding it is a predict output
+#: (drawn copies of images), whose images are never dataset images nor predict sources.
+PREDICT_RESULTS_FILE = "predictions.json"
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,29 @@ class DatasetConfig:
         return Path(text).with_suffix(".txt")
 
 
+def predict_output_folders(folder: Path) -> list[Path]:
+    """The folders under ``folder`` (itself included) that hold ``smartcash.predict``'s results file, sorted."""
+    return sorted(path.parent for path in folder.rglob(PREDICT_RESULTS_FILE) if path.is_file())
+
+
+def is_inside(path: Path, folders: set[Path]) -> bool:
+    """True when ``path`` is one of ``folders`` or lies under one of them (paths compared as given)."""
+    return path in folders or any(parent in folders for parent in path.parents)
+
+
 def _images_in(source: Path) -> list[Path]:
     if source.is_dir():
-        return [p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        images, outputs = [], set()
+        for path in source.rglob("*"):  # one walk: the images and predict's output folders
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                images.append(path)
+            elif path.name == PREDICT_RESULTS_FILE and path.is_file():
+                outputs.add(path.parent)
+        for folder in sorted(outputs):
+            # `--save-dir` inside the dataset: its drawn copies would count as unlabelled backgrounds.
+            logger.warning("%s: left out of the dataset, a smartcash.predict output (it holds %s); move it out "
+                           "of the dataset", folder, PREDICT_RESULTS_FILE)
+        return [p for p in images if not is_inside(p.parent, outputs)] if outputs else images
     if source.suffix.lower() == ".txt":  # a list file: one image path a line, relative to the list
         lines = source.read_text(encoding="utf-8").splitlines()
         paths = [Path(line.strip()) for line in lines if line.strip()]

@@ -66,6 +66,46 @@ def test_export_flag_values(flags, message, weights, tmp_path, capsys) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
+def _files_no_output_may_replace(good_data: Path, tmp_path: Path) -> dict[str, Path]:
+    """A private dataset's yaml, one label, one image, and a SmartCash registry: name -> path."""
+    data = copy_dataset(good_data, tmp_path / "dataset")
+    registry = tmp_path / "runs" / "registry.json"
+    registry.parent.mkdir()
+    registry.write_text(json.dumps({"version": 1, "runs": {}}))
+    return {"data.yaml": data, "label": next(data.parent.rglob("labels/**/*.txt")),
+            "image": next(path for path in data.parent.rglob("images/**/*") if path.suffix == ".jpg"),
+            "registry": registry}
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("data.yaml", "is a dataset file"), ("label", "is a dataset file"), ("image", "is a dataset file"),
+    ("registry", "is a model registry"), ("new.txt", "must end in .onnx"),
+])
+def test_export_never_writes_over_a_dataset_or_registry(target, message, weights, good_data, tmp_path,
+                                                       capsys) -> None:
+    files = _files_no_output_may_replace(good_data, tmp_path)
+    output = files.get(target, tmp_path / target)
+    before = tree_digest(tmp_path)
+    assert export_main(["--weights", str(weights), "--output", str(output)]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert tree_digest(tmp_path) == before and not (tmp_path / "new.txt").exists()
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("data.yaml", "is a dataset file"), ("label", "is a dataset file"), ("image", "is a dataset file"),
+    ("registry", "is a model registry"), ("result.csv", "must end in .json"),
+])
+def test_val_json_never_writes_over_a_dataset_or_registry(target, message, weights, good_data, tmp_path,
+                                                         capsys) -> None:
+    files = _files_no_output_may_replace(good_data, tmp_path)
+    output = files.get(target, tmp_path / target)
+    before = tree_digest(tmp_path)
+    assert val_main(["--weights", str(weights), "--data", str(good_data), "--device", "cpu",
+                     "--json", str(output)]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert tree_digest(tmp_path) == before and not (tmp_path / "result.csv").exists()
+
+
 # ------------------------------------------------------------------------- val
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -63,8 +64,9 @@ class RegistryEntry:
         if not isinstance(known.get("metrics", {}), dict):
             raise RegistryError("metrics is not an object")
         metrics = known.get("metrics", {})
-        if not all(isinstance(value, (int, float)) or value is None for value in metrics.values()):
-            raise RegistryError("metrics holds a value that is not a number")
+        for name, value in metrics.items():
+            if value is not None and not _is_number(value):
+                raise RegistryError(f"metric {name!r} is {value!r}, not a number")
         try:
             return cls(**{**known, "phase": int(known["phase"]), "epochs": int(known.get("epochs", 0))})
         except (TypeError, ValueError) as error:
@@ -146,7 +148,7 @@ class ModelRegistry:
         """The entry with the best ``metric`` (highest; lowest for a ``*loss*`` metric).
 
         ``metric`` is a full name (``metrics/mAP50-95``) or a short one (``mAP50-95``).
-        Entries without the metric are ignored; None when no entry has it.
+        Entries without the metric, or with a value that is not finite, are ignored; None when no entry has it.
         """
         lower = lower_is_better(metric)
         best_entry, best_value = None, None
@@ -154,7 +156,7 @@ class ModelRegistry:
             if phase is not None and entry.phase != phase:
                 continue
             value = _metric(entry.metrics, metric)
-            if value is None:
+            if value is None or not math.isfinite(value):  # NaN compares false: it would never be replaced
                 continue
             if best_value is None or (value < best_value if lower else value > best_value):
                 best_entry, best_value = entry, value
@@ -207,3 +209,15 @@ def _metric(metrics: dict[str, float], name: str) -> float | None:
         if key in metrics and metrics[key] is not None:
             return float(metrics[key])
     return None
+
+
+def _is_number(value: object) -> bool:
+    """An int or float that is a float too: not a bool (JSON's ``true`` is no metric), not a 400-digit int.
+    NaN and Infinity are numbers (a diverged run's loss); ``best`` passes over them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
