@@ -77,33 +77,25 @@ def _files_no_output_may_replace(good_data: Path, tmp_path: Path) -> dict[str, P
             "registry": registry}
 
 
+@pytest.mark.parametrize("command", ["export", "val"])
 @pytest.mark.parametrize(("target", "message"), [
     ("data.yaml", "is a dataset file"), ("label", "is a dataset file"), ("image", "is a dataset file"),
-    ("registry", "is a model registry"), ("new.txt", "must end in .onnx"),
+    ("registry", "is a model registry"), ("wrong suffix", "must end in"),
 ])
-def test_export_never_writes_over_a_dataset_or_registry(target, message, weights, good_data, tmp_path,
-                                                       capsys) -> None:
+def test_no_output_writes_over_a_dataset_or_registry(command, target, message, weights, good_data, tmp_path,
+                                                    capsys) -> None:
     files = _files_no_output_may_replace(good_data, tmp_path)
-    output = files.get(target, tmp_path / target)
+    wrong = tmp_path / ("new.txt" if command == "export" else "result.csv")
+    output = files.get(target, wrong)
     before = tree_digest(tmp_path)
-    assert export_main(["--weights", str(weights), "--output", str(output)]) == 2
-    assert message in one_error_line(capsys.readouterr().err)
-    assert tree_digest(tmp_path) == before and not (tmp_path / "new.txt").exists()
-
-
-@pytest.mark.parametrize(("target", "message"), [
-    ("data.yaml", "is a dataset file"), ("label", "is a dataset file"), ("image", "is a dataset file"),
-    ("registry", "is a model registry"), ("result.csv", "must end in .json"),
-])
-def test_val_json_never_writes_over_a_dataset_or_registry(target, message, weights, good_data, tmp_path,
-                                                         capsys) -> None:
-    files = _files_no_output_may_replace(good_data, tmp_path)
-    output = files.get(target, tmp_path / target)
-    before = tree_digest(tmp_path)
-    assert val_main(["--weights", str(weights), "--data", str(good_data), "--device", "cpu",
-                     "--json", str(output)]) == 2
-    assert message in one_error_line(capsys.readouterr().err)
-    assert tree_digest(tmp_path) == before and not (tmp_path / "result.csv").exists()
+    if command == "export":
+        code = export_main(["--weights", str(weights), "--output", str(output)])
+    else:
+        code = val_main(["--weights", str(weights), "--data", str(good_data), "--device", "cpu", "--json", str(output)])
+    assert code == 2
+    error = one_error_line(capsys.readouterr().err)
+    assert message in error and (target != "wrong suffix" or (".onnx" if command == "export" else ".json") in error)
+    assert tree_digest(tmp_path) == before and not wrong.exists()
 
 
 # ------------------------------------------------------------------------- val
