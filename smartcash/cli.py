@@ -40,6 +40,16 @@ def print_error(error: BaseException | str) -> None:
     print(f"error: {error}", file=sys.stderr)
 
 
+#: The largest input size a command accepts: a 4096 px float batch of one is already ~200 MB; past
+#: it a typo (--imgsz 64000) would exhaust memory instead of failing.
+MAX_IMGSZ = 4096
+
+
+def image_size(flag: str, value: int | None) -> None:
+    """``value`` (None: not given) within [32, ``MAX_IMGSZ``]."""
+    in_range(flag, value, 32, MAX_IMGSZ)
+
+
 def at_least(flag: str, value: int | float | None, minimum: int | float) -> None:
     """``value >= minimum`` (None: the flag was not given)."""
     if value is not None and not value >= minimum:
@@ -271,12 +281,14 @@ def argv_from_keywords(parser: argparse.ArgumentParser, keywords: dict[str, Any]
                 argv.append(option)
             elif isinstance(action, argparse.BooleanOptionalAction):
                 argv.append(f"--no-{option[2:]}")
+        elif isinstance(value, bool):  # save_dir=True would become a folder named "True"
+            raise TypeError(f"{api}(): {keyword} takes a value, not {value!r}")
         elif isinstance(value, Mapping):  # loss_gains={"cls": 0.5} -> --loss-gains cls=0.5
-            argv += [option, ",".join(f"{key}={item}" for key, item in value.items())]
+            argv.append(f"{option}={','.join(f'{key}={item}' for key, item in value.items())}")
         elif isinstance(value, (list, tuple)):
             argv += [option, *(os.fspath(item) if isinstance(item, os.PathLike) else str(item) for item in value)]
-        else:
-            argv += [option, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
+        else:  # --flag=VALUE: a value starting with "-" (name="-x") is not read as another flag
+            argv.append(f"{option}={os.fspath(value) if isinstance(value, os.PathLike) else value}")
     return argv
 
 

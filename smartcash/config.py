@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from smartcash.atomic import atomic_write_text
-from smartcash.cli import is_plain_folder_name
+from smartcash.cli import MAX_IMGSZ, is_plain_folder_name
 from smartcash.model.training.records import RESULTS_COLUMNS
 
 #: The loss terms a gain multiplies (loss.json's weights): recipes' ``loss_gains``, ``--loss-gains``.
@@ -390,8 +390,8 @@ def _validate(config: TrainConfig, source: str) -> None:
     if config.threads is not None and config.threads < 1:
         fail("threads", "must be >= 1")
     for key in ("imgsz", "imgsz_cpu", "imgsz_cuda"):
-        if getattr(config, key) is None or getattr(config, key) < 32 or getattr(config, key) % 32:
-            fail(key, "must be a multiple of 32 (the largest stride), >= 32")
+        if getattr(config, key) is None or not 32 <= getattr(config, key) <= MAX_IMGSZ or getattr(config, key) % 32:
+            fail(key, f"must be a multiple of 32 (the largest stride), from 32 to {MAX_IMGSZ}")
     for key in ("val_conf", "predict_conf", "presence_threshold"):
         if not 0 <= getattr(config, key) < 1:
             fail(key, "must be in [0, 1)")

@@ -161,10 +161,10 @@ def supported_opsets() -> range:
 
 def _check_arguments(args: argparse.Namespace) -> Path:
     """The checked flags; returns the output path (default: the weights path with .onnx)."""
-    from smartcash.cli import UsageError, at_least, input_file, output_file
+    from smartcash.cli import UsageError, image_size, input_file, output_file
 
     input_file("--weights", args.weights)
-    at_least("--imgsz", args.imgsz, 32)
+    image_size("--imgsz", args.imgsz)
     opsets = supported_opsets()
     if args.opset not in opsets:
         raise UsageError(f"--opset {args.opset}: this torch exports opsets {opsets.start}..{opsets.stop - 1}")

@@ -229,7 +229,8 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     Raises:
         ArgumentsError, UsageError: a bad flag (exit 2). CheckpointError: weights that are no checkpoint (exit 1).
     """
-    from smartcash.cli import at_least, checkpoint_file, in_range, input_file, plain_folder_name, writable_folder
+    from smartcash.cli import (at_least, checkpoint_file, image_size, in_range, input_file, plain_folder_name,
+                               writable_folder)
 
     if not Path(args.weights).exists():
         raise ArgumentsError(f"--weights {args.weights}: no such file (a .pt written by smartcash.train)")
@@ -238,7 +239,7 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     in_range("--iou", args.iou, 0.0, 1.0, low_open=True)
     for flag, value in (("--max-det", args.max_det), ("--batch", args.batch)):
         at_least(flag, value, 1)
-    at_least("--imgsz", args.imgsz, 32)
+    image_size("--imgsz", args.imgsz)
     plain_folder_name("--name", args.name)  # PROJECT/predict/NAME: never outside PROJECT
     check_source(args.source)
     save_dir = Path(args.save_dir) if args.save_dir else increment_dir(Path(args.project) / "predict", args.name)

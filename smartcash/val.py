@@ -110,13 +110,14 @@ def _check_class_names(data: Path, dataset_names: tuple[str, ...], model_names: 
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Raises UsageError for a bad flag (exit 2), CheckpointError for weights that are no checkpoint (exit 1)."""
-    from smartcash.cli import at_least, checkpoint_file, in_range, input_file, output_file, plain_folder_name
+    from smartcash.cli import (at_least, checkpoint_file, image_size, in_range, input_file, output_file,
+                               plain_folder_name)
 
     input_file("--weights", args.weights)
     plain_folder_name("--name", args.name)
     at_least("--batch", args.batch, 1)
     at_least("--workers", args.workers, 0)
-    at_least("--imgsz", args.imgsz, 32)
+    image_size("--imgsz", args.imgsz)
     at_least("--precise-bn", args.precise_bn, 0)
     at_least("--progress-interval", args.progress_interval, 1)
     in_range("--conf", args.conf, 0.0, 1.0, high_open=True)

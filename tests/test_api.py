@@ -42,11 +42,12 @@ def test_keywords_become_the_commands_flags() -> None:
     parser = build_parser()
     argv = argv_from_keywords(parser, {"phase": 2, "data": Path("d.yaml"), "precise_bn": 64, "resume": True,
                                        "tensorboard": False, "mlflow": True, "weights": None}, "train")
-    assert argv == ["--phase", "2", "--data", "d.yaml", "--precise-bn", "64", "--resume", "--no-tensorboard",
-                    "--mlflow"]
+    assert argv == ["--phase=2", "--data=d.yaml", "--precise-bn=64", "--resume", "--no-tensorboard", "--mlflow"]
     parsed = parser.parse_args(argv)
     assert (parsed.precise_bn_images, parsed.resume, parsed.tensorboard, parsed.mlflow) == (64, True, False, True)
     assert argv_from_keywords(parser, {"resume": False}, "train") == []  # a plain switch left off
+    # a value that starts with a dash stays the flag's value, not another flag
+    assert parser.parse_args(argv_from_keywords(parser, {"name": "-x"}, "train")).name == "-x"
 
 
 def test_unknown_or_bad_keywords() -> None:
@@ -59,6 +60,8 @@ def test_unknown_or_bad_keywords() -> None:
         validate(weights="x.pt", plots=False)
     with pytest.raises(TypeError, match=r"takes True or False"):
         train(resume="yes")
+    with pytest.raises(TypeError, match=r"predict\(\): save_dir takes a value, not True"):
+        predict(weights="x.pt", source="images", save_dir=True)  # was: a folder named "True"
     with pytest.raises(UsageError, match=r"predict\(\): .*required: --weights, --source"):
         predict()
     with pytest.raises(UsageError, match=r"export\(\): .*invalid choice: 'tflite'"):

@@ -68,6 +68,7 @@ def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:
     ([], "loss_gains: {cls: high}\n", "loss_gains.cls must be float, got 'high'"),
     ([], "loss_gains: 0.5\n", "loss_gains must be dict"),
     (["--loss-gains", "box=0,obj=0,cls=0"], "", "every gain is 0: the loss would be 0"),
+    (["--imgsz", "8192"], "", "imgsz=8192: must be a multiple of 32 (the largest stride), from 32 to 4096"),
 ])
 def test_bad_values_are_rejected_with_clear_messages(tmp_path, argv, yaml_text, message) -> None:
     if yaml_text:
@@ -100,7 +101,7 @@ def test_loss_gains_from_flag_or_yaml(tmp_path) -> None:
     from smartcash.config import build_parser
 
     argv = argv_from_keywords(build_parser(), {"loss_gains": {"cls": 0.5, "box": 2}}, "train")  # the Python API
-    assert argv == ["--loss-gains", "cls=0.5,box=2"]
+    assert argv == ["--loss-gains=cls=0.5,box=2"]
     assert build_config(["--device", "cpu", *argv]).loss_gains == {"cls": 0.5, "box": 2.0}
     save_config(config, tmp_path / "args.yaml")
     assert TrainConfig.from_dict(read_yaml(tmp_path / "args.yaml"), "args.yaml") == config

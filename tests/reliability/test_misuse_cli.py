@@ -54,7 +54,7 @@ def test_export_never_writes_over_its_input_or_a_checkpoint(weights, tmp_path, c
     (["--output", "{tmp}/locked/x.onnx"], "read-only"),
     (["--opset", "99"], "--opset 99: this torch exports opsets"),
     (["--opset", "3"], "--opset 3: this torch exports opsets"),
-    (["--imgsz", "0"], "--imgsz 0: must be >= 32"),
+    (["--imgsz", "0"], "--imgsz 0: must be in [32, 4096]"),
 ])
 def test_export_flag_values(flags, message, weights, tmp_path, capsys) -> None:
     pytest.importorskip("onnx")
@@ -103,7 +103,7 @@ def test_no_output_writes_over_a_dataset_or_registry(command, target, message, w
 @pytest.mark.parametrize(("flags", "message"), [
     (["--batch", "0"], "--batch 0: must be >= 1"),
     (["--workers", "-1"], "--workers -1: must be >= 0"),
-    (["--imgsz", "16"], "--imgsz 16: must be >= 32"),
+    (["--imgsz", "16"], "--imgsz 16: must be in [32, 4096]"),
     (["--conf", "1.5"], "--conf 1.5: must be in [0, 1)"),
     (["--iou", "0"], "--iou 0.0: must be in (0, 1]"),
     (["--precise-bn", "-2"], "--precise-bn -2: must be >= 0"),
@@ -189,7 +189,7 @@ def source(good_data, tmp_path) -> Path:
     (["--batch", "0"], "--batch 0: must be >= 1"),
     (["--conf", "-0.1"], "--conf -0.1: must be in [0, 1)"),
     (["--iou", "1.5"], "--iou 1.5: must be in (0, 1]"),
-    (["--imgsz", "8"], "--imgsz 8: must be >= 32"),
+    (["--imgsz", "8"], "--imgsz 8: must be in [32, 4096]"),
     (["--save-dir", "{tmp}/file.txt"], "is a file; give a folder"),
     (["--save-dir", "{tmp}/locked/out"], "read-only"),
     (["--save-dir", "{tmp}/mine"], "holds other files"),
@@ -234,3 +234,11 @@ def test_predict_ctrl_c_writes_what_is_done_then_exits_130(weights, source, tmp_
     assert "Traceback" not in capsys.readouterr().err
     assert len(json.loads((out / "predictions.json").read_text())["images"]) == 1
     assert (out / "predictions.csv").is_file()
+
+
+def test_an_input_size_past_the_largest_is_bad_usage(weights, good_data, tmp_path, capsys) -> None:
+    # --imgsz 1000000 used to try to allocate terabytes (a cv2 traceback, or all the memory)
+    assert val_main(["--weights", str(weights), "--data", str(good_data), "--imgsz", "1000000"]) == 2
+    assert "--imgsz 1000000: must be in [32, 4096]" in one_error_line(capsys.readouterr().err)
+    assert export_main(["--weights", str(weights), "--output", str(tmp_path / "x.onnx"), "--imgsz", "8192"]) == 2
+    assert "must be in [32, 4096]" in one_error_line(capsys.readouterr().err)
