@@ -48,7 +48,8 @@ def previous_run(run_dir: Path) -> PreviousRun | None:
     import torch
 
     try:  # only to describe it: an unreadable last.pt is still someone's file
-        state = torch.load(weights / "last.pt", map_location="cpu", weights_only=True)
+        # mmap: only the few numbers read here leave the disk, not the weights (read up to 3 times a start)
+        state = torch.load(weights / "last.pt", map_location="cpu", weights_only=True, mmap=True)
         completed, epochs = int(state["epoch"]) + 1, int(state["config"]["epochs"])
         stopping = state.get("early_stopping") or {}
         patience, best_epoch = int(stopping.get("patience", 0)), int(stopping.get("best_epoch", -1))
