@@ -2,7 +2,10 @@
 ultralytics, on the same synthetic validation set, in one run; then ``evaluate_coco`` against
 pycocotools, faster-coco-eval and torchmetrics on the same COCO JSON files (all 12 stats).
 
-    python -m benchmarks.bench_map [--quick] [--device cpu] [--cases calculator,coco]
+    python -m benchmarks.bench_map [--quick] [--device cpu] [--cases calculator,coco,dense]
+
+``dense``: one image crowded with boxes of one class (8,000 predictions and 8,000 ground truths;
+3,000 with --quick), each tool in a fresh process: time and the process's peak resident memory.
 
 Also holds the reference adapters (`run_pycocotools`, `run_faster_coco_eval`, `run_ultralytics`,
 `run_torchmetrics`, and for COCO files `cocoeval_pycocotools`, `cocoeval_faster`) that the parity
@@ -17,6 +20,7 @@ import copy
 import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import memory
 from benchmarks.common import format_table, import_time, machine_info, time_call, write_results
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -426,21 +431,84 @@ def bench_coco_json(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def make_dense_case(count: int, seed: int = 0) -> Case:
+    """One 640-px image with `count` ground truths of one class (5-60 px, overlapping freely) and
+    one prediction near each (2 px noise), random scores: count^2 candidate pairs, few overlapping."""
+    rng = np.random.default_rng(seed)
+    centre, size = rng.uniform(0, 640, (count, 2)), rng.uniform(5, 60, (count, 2))
+    truth = np.concatenate([centre - size / 2, centre + size / 2], 1)
+    moved = truth + rng.normal(0, 2, (count, 4))
+    moved = np.concatenate([np.minimum(moved[:, :2], moved[:, 2:]), np.maximum(moved[:, :2], moved[:, 2:])], 1)
+    return Case([np.column_stack([moved, rng.random(count), np.zeros(count)])],
+                [np.column_stack([np.zeros(count), truth])], 1)
+
+
+DENSE_TOOLS = {
+    "smartcash yolo": lambda case: run_smartcash(case, "yolo"),
+    "ultralytics": run_ultralytics,
+    "smartcash coco": lambda case: run_smartcash(case, "coco"),
+    "pycocotools": run_pycocotools,
+}
+
+
+def dense_child(tool: str, count: int) -> None:
+    """In a fresh process: one timed call of `tool` on the dense case; prints one JSON line."""
+    case = make_dense_case(count)
+    function = DENSE_TOOLS[tool]
+    function(make_dense_case(50, seed=1))  # imports and first-call set-up outside the clock
+    before = memory.status_kib(os.getpid()).get("VmRSS", 0)
+    timing, value = time_call(lambda: function(case), repeats=1, warmup=0)
+    peak = memory.status_kib(os.getpid()).get("VmHWM", 0)
+    print(json.dumps({"time_s": timing.median_s, "rss_before_mib": before / 1024, "peak_rss_mib": peak / 1024,
+                      "map50": value.map50, "map50_95": value.map50_95}))
+
+
+def bench_dense(args: argparse.Namespace) -> None:
+    """Each tool on one crowded image, in its own process (a peak of resident memory is per process)."""
+    count = 3000 if args.quick else 8000
+    print(f"dense case: 1 image, 1 class, {count} predictions, {count} targets", file=sys.stderr)
+    records, rows = {}, []
+    for tool in DENSE_TOOLS:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.bench_map", "--dense-child", tool, "--dense-count",
+                               str(count)], capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"})
+        if done.returncode != 0:
+            raise RuntimeError(f"dense case, {tool}: exit {done.returncode}\n{done.stderr[-2000:]}")
+        records[tool] = json.loads(done.stdout.strip().splitlines()[-1])
+        record = records[tool]
+        rows.append([tool, record["time_s"], f"{record['peak_rss_mib']:.0f}",
+                     f"{record['peak_rss_mib'] - record['rss_before_mib']:.0f}", record["map50"], record["map50_95"]])
+    print(format_table(["tool", "time_s", "peak RSS MiB", "peak - before MiB", "mAP50", "mAP50-95"], rows))
+    print("(coco semantics keep the 100 best-scored detections of an image and class; yolo keeps all)")
+    info = machine_info("cpu")
+    print(f"machine: {info}")
+    path = write_results("map_dense_quick" if args.quick else "map_dense",
+                         {"machine": info, "predictions": count, "targets": count, "tools": records})
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1/10 of the full size")
     parser.add_argument("--device", default="cpu", help="where the SmartCash inputs live (cpu, cuda:0)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cases", default="calculator,coco",
-                        help="comma-separated: calculator (in-memory mAP), coco (COCO JSON files, 12 stats)")
+    parser.add_argument("--cases", default="calculator,coco,dense",
+                        help="comma-separated: calculator (in-memory mAP), coco (COCO JSON files, 12 stats), "
+                             "dense (one crowded image: time and peak memory)")
+    parser.add_argument("--dense-child", default=None, help=argparse.SUPPRESS)  # one tool of the dense case
+    parser.add_argument("--dense-count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.dense_child:
+        dense_child(args.dense_child, args.dense_count)
+        return 0
     cases = {case.strip() for case in args.cases.split(",") if case.strip()}
-    if not cases or cases - {"calculator", "coco"}:
-        parser.error(f"--cases: choose from calculator, coco; got {args.cases!r}")
+    if not cases or cases - {"calculator", "coco", "dense"}:
+        parser.error(f"--cases: choose from calculator, coco, dense; got {args.cases!r}")
     if "calculator" in cases:
         bench_calculator(args)
     if "coco" in cases and args.device == "cpu":  # evaluate_coco runs on the host only
         bench_coco_json(args)
+    if "dense" in cases and args.device == "cpu":
+        bench_dense(args)
     return 0
 
 

@@ -59,3 +59,26 @@ def test_greedy_match_equals_sequential_matching(data, num_predictions, num_trut
     expected = reference(prediction_group, truth_group, iou, thresholds, ties_to_last, expected_preferred, reusable)
     assert found == expected
     assert len(found) == len(matches.prediction) + (num_views - 1) * int(matches.shared.sum())  # each match listed once
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), num_predictions=st.integers(0, 12), num_truths=st.integers(0, 8), num_groups=st.integers(1, 4),
+       chunk_pairs=st.integers(1, 20), min_iou=st.sampled_from([0.0, 0.5, 0.75]), table=st.booleans())
+def test_overlapping_pairs_equal_all_pairs_filtered(data, num_predictions, num_truths, num_groups, chunk_pairs,
+                                                    min_iou, table) -> None:
+    """Chunked pair building gives exactly the same-group pairs whose IoU reaches the bound, in
+    prediction order (then ground-truth order), whatever the chunk size: against a double loop."""
+    from smartcash.model.training.core.map_pairs import overlapping_pairs
+
+    prediction_group = np.sort(np.array(data.draw(st.lists(st.integers(0, num_groups - 1), min_size=num_predictions,
+                                                           max_size=num_predictions)), dtype=np.int64))
+    truth_group = np.sort(np.array(data.draw(st.lists(st.integers(0, num_groups - 1), min_size=num_truths,
+                                                      max_size=num_truths)), dtype=np.int64))
+    iou = np.array(data.draw(st.lists(st.sampled_from(IOUS), min_size=num_predictions * num_truths,
+                                      max_size=num_predictions * num_truths))).reshape(num_predictions, num_truths)
+    pairs, pair_iou = overlapping_pairs(prediction_group, truth_group, lambda p: iou[p.prediction, p.ground_truth],
+                                        min_iou, num_groups if table else None, chunk_pairs)
+    expected = [(p, g) for p in range(num_predictions) for g in range(num_truths)
+                if prediction_group[p] == truth_group[g] and iou[p, g] >= min_iou]
+    assert list(zip(pairs.prediction.tolist(), pairs.ground_truth.tolist())) == expected
+    assert pair_iou.tolist() == [iou[p, g] for p, g in expected]

@@ -27,7 +27,7 @@ import numpy as np
 
 from smartcash.model.training.core.coco_accumulation import CocoCurves, accumulate, column_bits
 from smartcash.model.training.core.map_matching import Matches, greedy_match, rank_in_group, sort_lexicographic
-from smartcash.model.training.core.map_pairs import coco_pair_iou, same_group_pairs
+from smartcash.model.training.core.map_pairs import coco_pair_iou, overlapping_pairs
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval Params.iouThrs
 ALL_AREAS = (0.0, 1e5**2)  # COCOeval areaRng "all"
@@ -171,11 +171,15 @@ def run_coco(
     areas, crowd = data.truth_areas[truth_order], data.truth_crowd[truth_order]
     ignored = crowd[:, None] | (areas[:, None] < low) | (areas[:, None] > high)  # (G, A)
 
-    pairs = same_group_pairs(group_sorted, truth_group[truth_order], num_groups)
-    iou = coco_pair_iou(  # np.take: rows gathered ~2x faster than by indexing
-        np.take(data.detection_boxes, order[pairs.prediction], axis=0),
-        np.take(data.truth_boxes, truth_order[pairs.ground_truth], axis=0),
-        crowd[pairs.ground_truth],
+    pairs, iou = overlapping_pairs(
+        group_sorted, truth_group[truth_order],
+        lambda pairs: coco_pair_iou(  # np.take: rows gathered ~2x faster than by indexing
+            np.take(data.detection_boxes, order[pairs.prediction], axis=0),
+            np.take(data.truth_boxes, truth_order[pairs.ground_truth], axis=0),
+            crowd[pairs.ground_truth],
+        ),
+        float(thresholds.min()) if len(thresholds) else np.inf,
+        num_groups,
     )
     matches = greedy_match(pairs, iou, thresholds, group_sorted, ties_to_last=True,
                            truth_preferred=~ignored, truth_reusable=crowd)

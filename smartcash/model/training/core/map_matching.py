@@ -236,8 +236,10 @@ def greedy_match(
     truth_preferred: (M, V) bool or None (one view, no preference); truth_reusable: (M,) or None.
     """
     empty = np.zeros(0, dtype=np.int64)
+    prediction, truth = pairs.prediction, pairs.ground_truth
     keep = iou >= thresholds.min()  # a pair below every threshold can never match
-    prediction, truth, iou = pairs.prediction[keep], pairs.ground_truth[keep], iou[keep]
+    if not keep.all():  # overlapping_pairs has dropped them already
+        prediction, truth, iou = prediction[keep], truth[keep], iou[keep]
     if len(prediction) == 0:
         return Matches(empty, empty, empty, np.zeros(0, dtype=bool))
     if (prediction[1:] < prediction[:-1]).any():  # same_group_pairs gives them in prediction order
