@@ -31,6 +31,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
+#: The neck's nearest upsampling has no ONNX form before opset 9 (torch fails after dumping the
+#: whole graph); 9 and 10 export it as Upsample, which onnxruntime runs to the same outputs here.
+MIN_MODEL_OPSET = 9
 INPUT_NAME, OUTPUT_NAME = "images", "output"
 INSTALL_HINT = "pip install onnx onnxruntime"
 
@@ -168,6 +171,9 @@ def _check_arguments(args: argparse.Namespace) -> Path:
     opsets = supported_opsets()
     if args.opset not in opsets:
         raise UsageError(f"--opset {args.opset}: this torch exports opsets {opsets.start}..{opsets.stop - 1}")
+    if args.opset < MIN_MODEL_OPSET:
+        raise UsageError(f"--opset {args.opset}: the model's nearest upsampling needs opset {MIN_MODEL_OPSET} or "
+                         f"newer (this torch exports up to {opsets.stop - 1}; default {DEFAULT_OPSET})")
     output = Path(args.output) if args.output else Path(args.weights).with_suffix(".onnx")
     return output_file("--output", output, inputs=[args.weights], suffixes=(".onnx",))
 

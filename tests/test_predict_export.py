@@ -245,6 +245,15 @@ def test_export_static_batch(checkpoint, tmp_path) -> None:
     assert [dim.dim_value for dim in dims] == [1, 3, 96, 96]
 
 
+
+def test_export_refuses_an_opset_too_old_for_the_model_before_exporting(checkpoint, tmp_path, capsys) -> None:
+    """Opsets 7 and 8 cannot hold nearest upsampling: a usage error, not torch's graph dump."""
+    output = tmp_path / "old.onnx"
+    assert export_main(["--weights", str(checkpoint), "--output", str(output), "--opset", "8"]) == 2
+    error = capsys.readouterr().err
+    assert "--opset 8: the model's nearest upsampling needs opset 9 or newer" in error
+    assert "graph" not in error and not output.exists()
+
 def test_export_without_onnx_names_the_install_command(checkpoint, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
     assert export_main(["--weights", str(checkpoint), "--output", str(tmp_path / "x.onnx")]) == 2
