@@ -113,19 +113,27 @@ def checkpoint_file(flag: str, path: str | os.PathLike[str]) -> Path:
                           "smartcash.train)")
 
 
+#: The longest file name ext4, XFS, Btrfs, APFS and NTFS take (bytes, UTF-8 on Linux).
+MAX_FOLDER_NAME_BYTES = 255
+PLAIN_FOLDER_NAME_RULE = f"must be a plain folder name (no '/', at most {MAX_FOLDER_NAME_BYTES} bytes)"
+
+
 def is_plain_folder_name(name: str) -> bool:
-    """One path component (not '', '.' or '..'): a run's folder under PROJECT stays inside it."""
-    return bool(name) and Path(name).name == name and name not in (".", "..")
+    """One path component (not '', '.' or '..') that file systems take: a run's folder under
+    PROJECT stays inside it, and is made before any work starts, not after the model is built."""
+    return (bool(name) and Path(name).name == name and name not in (".", "..")
+            and len(os.fsencode(name)) <= MAX_FOLDER_NAME_BYTES)
 
 
 def plain_folder_name(flag: str, name: str) -> str:
     """``name`` when it is a plain folder name (``is_plain_folder_name``).
 
     Raises:
-        UsageError: it has a '/' or is '', '.' or '..'.
+        UsageError: it has a '/', is '', '.' or '..', or is too long for a file system.
     """
     if not is_plain_folder_name(name):
-        raise UsageError(f"{flag} {name!r}: must be a plain folder name (no '/')")
+        shown = name if len(name) <= 60 else f"{name[:40]}...({len(name)} characters)"
+        raise UsageError(f"{flag} {shown!r}: {PLAIN_FOLDER_NAME_RULE}")
     return name
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from smartcash.atomic import atomic_write_text
-from smartcash.cli import MAX_IMGSZ, is_plain_folder_name
+from smartcash.cli import MAX_IMGSZ, PLAIN_FOLDER_NAME_RULE, is_plain_folder_name
 from smartcash.model.training.records import RESULTS_COLUMNS
 
 #: The loss terms a gain multiplies (loss.json's weights): recipes' ``loss_gains``, ``--loss-gains``.
@@ -420,7 +420,7 @@ def _validate(config: TrainConfig, source: str) -> None:
     if not 0 < config.final_lr_fraction <= 1:
         fail("final_lr_fraction", "must be in (0, 1]")
     if not is_plain_folder_name(config.name):
-        fail("name", "must be a plain folder name (no '/')")
+        fail("name", PLAIN_FOLDER_NAME_RULE)
     if config.early_stop_metric not in EARLY_STOP_METRICS:
         fail("early_stop_metric", f"must be one of {', '.join(EARLY_STOP_METRICS)} (results.csv columns; "
              "losses are lower-is-better)")

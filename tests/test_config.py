@@ -46,6 +46,7 @@ def test_cli_overrides_yaml_overrides_default(tmp_path) -> None:
     (["--epochs", "0"], "", "epochs=0: must be >= 1"),
     (["--patience", "-1"], "", "patience=-1: must be >= 0"),
     (["--name", "a/b"], "", "name='a/b': must be a plain folder name"),
+    (["--name", "n" * 256], "", "must be a plain folder name (no '/', at most 255 bytes)"),  # Errno 36 after the build
     (["--data", "/no/such/data.yaml"], "", "data='/no/such/data.yaml': file not found"),
     (["--device", "tpu"], "", "device 'tpu' not understood"),
     ([], "epochs: ten\n", "epochs must be int, got 'ten'"),

@@ -201,6 +201,10 @@ def test_predict_name_must_be_a_plain_folder_name(checkpoint, images, tmp_path, 
                          "--project", str(project), "--name", "../../escape"]) == 2
     assert "--name '../../escape': must be a plain folder name" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*"))  # nothing written, inside PROJECT or out of it
+    assert predict_main(["--weights", str(checkpoint), "--source", str(images / "good_0.png"), "--device", "cpu",
+                         "--project", str(project), "--name", "é" * 128]) == 2  # 256 bytes: Errno 36 mid-run
+    assert "(128 characters)': must be a plain folder name (no '/', at most 255 bytes)" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*"))
 
 
 def _reference(checkpoint: Path) -> torch.nn.Module:
