@@ -24,6 +24,7 @@ import yaml
 from smartcash.atomic import atomic_write_text
 from smartcash.cli import MAX_IMGSZ, PLAIN_FOLDER_NAME_RULE, is_plain_folder_name
 from smartcash.model.training.records import RESULTS_COLUMNS
+from smartcash.yaml_unique import UniqueKeyLoader
 
 #: The loss terms a gain multiplies (loss.json's weights): recipes' ``loss_gains``, ``--loss-gains``.
 LOSS_PARTS = ("box", "obj", "cls")
@@ -290,23 +291,6 @@ def resolve_device(device: str, source: str = "config") -> str:
     raise ConfigError(f"{source}: device {device!r} not understood (cpu | cuda | cuda:N | N)")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML alone keeps the last)."""
-
-
-def _mapping_without_repeats(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
-
-
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML mapping, or a ConfigError naming the file (and line) that is wrong."""
     try:
@@ -318,7 +302,7 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read the config file ({error})") from error
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

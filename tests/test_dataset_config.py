@@ -114,6 +114,15 @@ def test_missing_yaml_and_missing_names(tmp_path):
         load_dataset_config(_write_yaml(tmp_path / "d.yaml", {"train": "images"}))
 
 
+
+def test_a_class_id_given_twice_is_an_error_naming_the_line(tmp_path):
+    """YAML alone keeps the last of two equal keys: class 0 would silently be renamed."""
+    _touch_images(tmp_path / "images", ["a.jpg"])
+    path = tmp_path / "d.yaml"
+    path.write_text("train: images\nnames:\n  0: one\n  1: two\n  0: three\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"d\.yaml:5: invalid yaml \(key 0 given twice"):
+        load_dataset_config(path)
+
 def test_missing_path_root_warns_and_falls_back_to_yaml_folder(tmp_path, caplog):
     _touch_images(tmp_path / "images", ["a.jpg"])
     yaml_file = _write_yaml(tmp_path / "d.yaml", {"path": "neww", "train": "images", "names": ["a"]})

@@ -21,6 +21,7 @@ import yaml
 
 from smartcash.data.errors import DatasetError
 from smartcash.taxonomy import Taxonomy, load_taxonomy
+from smartcash.yaml_unique import UniqueKeyLoader
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def load_dataset_config(path: str | os.PathLike[str], taxonomy: Taxonomy | None 
     where = str(yaml_path)
     try:
         # One parse for the node tree (the text of each scalar) and the data built from it.
-        loader = yaml.SafeLoader(yaml_path.read_text(encoding="utf-8"))
+        loader = UniqueKeyLoader(yaml_path.read_text(encoding="utf-8"))
         try:
             document = loader.get_single_node()
             data = loader.construct_document(document) if document is not None else None
