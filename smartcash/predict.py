@@ -22,18 +22,15 @@ import io
 import json
 import logging
 import os
-import re
 import sys
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from smartcash.data.dataset_config import IMAGE_SUFFIXES, is_inside, predict_output_folders
 from smartcash.data.dataset_config import PREDICT_RESULTS_FILE as RESULTS_JSON
+from smartcash.prediction_source import ArgumentsError, check_source, decoding_batches, drawn_path, find_images
 
 if TYPE_CHECKING:
     from smartcash.inference import ImagePrediction, Predictor
@@ -44,14 +41,6 @@ logger = logging.getLogger(__name__)
 RESULTS_CSV = "predictions.csv"
 #: Columns of predictions.csv, one row per detection.
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "score", "class_id", "class_name", "main_id", "main_name")
-#: Suffixes cv2.imwrite writes back as they are; drawn images of other formats become ``name.jpg``.
-_WRITABLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-_VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv"})
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-class ArgumentsError(ValueError):
-    """A path or value on the command line cannot be used."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,89 +69,6 @@ def increment_dir(root: Path, name: str) -> Path:
     while candidate.exists():
         candidate, number = root / f"{name}{number}", number + 1
     return candidate
-
-
-def check_source(source: str | os.PathLike[str]) -> None:
-    """Refuse a --source that names no local image or folder: empty, a URL, a video.
-
-    Raises:
-        ArgumentsError: with the text as given (``Path`` would read "" as the current folder and
-        turn ``https://`` into ``https:/``).
-    """
-    text = os.fspath(source)
-    if not text.strip():
-        raise ArgumentsError("--source is empty: give an image file or a folder (. for the current folder)")
-    if _URL.match(text):
-        raise ArgumentsError(f"--source {text}: URLs are not supported (download the file first)")
-    if Path(text).suffix.lower() in _VIDEO_SUFFIXES and not Path(text).is_dir():
-        raise ArgumentsError(f"--source {text}: videos are not supported (extract frames first, e.g. "
-                             "ffmpeg -i VIDEO frames/%05d.jpg)")
-
-
-def find_images(source: str | os.PathLike[str], save_dir: Path | None = None) -> list[Path]:
-    """The image file itself, or the images under a folder (recursive, sorted).
-
-    Left out: the images under ``save_dir`` and under any folder holding a ``predictions.json``
-    (an earlier run's drawings, when the output sits inside the source).
-
-    Raises:
-        ArgumentsError: an empty source, a URL, a video, a path that does not exist, or a folder without images.
-    """
-    check_source(source)
-    path = Path(source)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise ArgumentsError(f"--source {path}: no such file or folder")
-    outputs = {folder.resolve() for folder in predict_output_folders(path)}
-    if save_dir is not None:
-        outputs.add(save_dir.resolve())
-    images, drawn = [], 0
-    for candidate in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-        if is_inside(candidate.parent.resolve(), outputs):
-            drawn += 1
-        else:
-            images.append(candidate)
-    if drawn:
-        logger.warning("--source %s: left out %d drawn images of predict runs inside it (%s)", path, drawn,
-                       ", ".join(sorted(str(folder) for folder in outputs)))
-    if not images:
-        raise ArgumentsError(f"--source {path}: no images ({' '.join(sorted(IMAGE_SUFFIXES))}) found in this folder")
-    return images
-
-
-def read_source_image(path: Path) -> np.ndarray | str:
-    """(H, W, 3) uint8 RGB, or the reason the file cannot be used."""
-    from smartcash.data.errors import DatasetError
-    from smartcash.data.images import EMPTY_IMAGE, UNREADABLE_IMAGE, read_image
-
-    try:
-        if path.stat().st_size == 0:
-            return f"{EMPTY_IMAGE} (an empty file)"
-        return read_image(path)
-    except DatasetError:  # read_image's only failure: OpenCV returned nothing
-        return f"{UNREADABLE_IMAGE} (OpenCV cannot decode it)"
-    except OSError as error:
-        return f"cannot read the file ({error.strerror or error})"
-
-
-def drawn_path(image: Path, source: Path, save_dir: Path) -> Path:
-    """Where the drawn copy of ``image`` goes: its path relative to the source folder, under save_dir."""
-    relative = Path(image.name) if source.is_file() else image.relative_to(source)
-    if relative.suffix.lower() not in _WRITABLE_SUFFIXES:
-        relative = relative.with_name(relative.name + ".jpg")
-    return save_dir / relative
-
-
-def _batches(paths: Sequence[Path], batch_size: int, pool: ThreadPoolExecutor) -> Iterator[list[tuple[Path, Future]]]:
-    """Batches of (path, future image) with the next batch already decoding (cv2 releases the GIL)."""
-    pending = None
-    # One step past the end: the last, empty, slice only flushes the pending batch.
-    for start in range(0, len(paths) + batch_size, batch_size):
-        batch = [(path, pool.submit(read_source_image, path)) for path in paths[start:start + batch_size]]
-        if pending:
-            yield pending
-        pending = batch
 
 
 def _csv_text(predictions: Sequence[ImagePrediction]) -> str:
@@ -204,7 +110,7 @@ def predict_images(predictor: Predictor, images: Sequence[Path], source: Path, s
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, \
             tqdm(total=len(images), desc="predict", unit="img", file=sys.stderr) as progress:
-        for batch in _batches(images, batch_size, pool):
+        for batch in decoding_batches(images, batch_size, pool):
             good = []
             for path, future in batch:
                 image = future.result()
