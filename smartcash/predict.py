@@ -10,8 +10,9 @@ Exit status (``smartcash.cli``): 0 when at least one image was processed, 1 when
 (or the weights file is an unreadable checkpoint, or the results could not be written), 2 for bad
 arguments (missing weights, an empty --source, a URL or a video as --source, no images found,
 thresholds out of range, a --name that is not a plain folder name, a save folder that cannot be
-written), 130 on Ctrl-C (after writing the results of the images done so far). Images inside the save folder, or inside an earlier run's
-output (a folder holding ``predictions.json``), are never predicted.
+written), 130 on Ctrl-C (after writing the results of the images done so far). Images inside the
+save folder, or inside an earlier run's output (a folder holding ``predictions.json``), are never
+predicted (``prediction_source``).
 """
 
 from __future__ import annotations
