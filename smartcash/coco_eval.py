@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from smartcash.atomic import atomic_write_text
+from smartcash.cli import EXIT_FAILED, EXIT_USAGE, UsageError, output_file, print_error
 from smartcash.model.training.core.coco_evaluation import STAT_NAMES, CocoEvaluation, evaluate_coco
 
 __all__ = ["STAT_NAMES", "CocoEvaluation", "evaluate_coco", "main"]
@@ -30,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-categories", action="store_true",
                         help="ignore categories when matching (COCOeval params.useCats = 0)")
     args = parser.parse_args(argv)
+    if args.json is not None:
+        try:  # before the evaluation: never onto an input, a dataset file or the run registry
+            args.json = output_file("--json", args.json, inputs=[args.ground_truth, args.detections],
+                                    suffixes=(".json",))
+        except UsageError as error:
+            print_error(error)
+            return EXIT_USAGE
     try:
         result = evaluate_coco(args.ground_truth, args.detections, max_detections=tuple(args.max_detections),
                                use_categories=not args.pool_categories)
@@ -41,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(result.per_category_table())
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+        except OSError as error:
+            print(f"error: {args.json}: cannot write the results ({error.strerror or error})", file=sys.stderr)
+            return EXIT_FAILED
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

@@ -260,3 +260,20 @@ def test_parity_sweep(seed: int) -> None:
     if seed % 10 == 0:
         assert_same(evaluate_coco(dataset, results, use_categories=False),
                     cocoeval_pycocotools(dataset, results, {"useCats": 0}), f"useCats=0 seed {seed}")
+
+
+def test_cli_json_never_replaces_an_input(tmp_path, capsys) -> None:
+    """--json gt.json wrote the stats over the ground truth (exit 0)."""
+    from smartcash.coco_eval import main
+
+    dataset, results = coco_case(3)
+    truth, found = tmp_path / "truth.json", tmp_path / "found.json"
+    truth.write_text(json.dumps(dataset))
+    found.write_text(json.dumps(results))
+    before = truth.read_bytes(), found.read_bytes()
+    for output, message in ((truth, "is the input"), (found, "is the input"), (tmp_path / "stats.txt", "must end in .json"),
+                            (tmp_path, "is a folder")):
+        assert main([str(truth), str(found), "--json", str(output)]) == 2
+        assert message in capsys.readouterr().err
+    assert (truth.read_bytes(), found.read_bytes()) == before
+    assert not (tmp_path / "stats.txt").exists()

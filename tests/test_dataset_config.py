@@ -202,3 +202,21 @@ def test_folder_named_like_the_results_file_marks_nothing(tmp_path):
     images = _touch_images(tmp_path / "images" / "predictions.json", ["a.jpg"])  # a folder, not predict's file
     config = load_dataset_config(_write_yaml(tmp_path / "data.yaml", {"train": "images", "names": ["001"]}))
     assert config.images("train") == images
+
+
+def test_unreadable_yamls_are_clear_errors(tmp_path):
+    """A folder, Latin-1 text, a list file in UTF-16, nc that is no number: tracebacks before."""
+    _touch_images(tmp_path / "images", ["a.jpg"])
+    with pytest.raises(DatasetError, match="is a folder; --data takes the dataset's yaml file"):
+        load_dataset_config(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("train: images\nnames: [caf\u00e9]\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin\.yaml: not UTF-8 text \(byte 25 is 0xe9\)"):
+        load_dataset_config(latin)
+    (tmp_path / "list.txt").write_text("images/a.jpg\n", encoding="utf-16")
+    config = load_dataset_config(_write_yaml(tmp_path / "l.yaml", {"train": "list.txt", "names": ["a"]}))
+    with pytest.raises(DatasetError, match=r"list\.txt: not UTF-8 text"):
+        config.images("train")
+    for value in ("one", 1e400, True):
+        with pytest.raises(DatasetError, match="must be the number of classes"):
+            load_dataset_config(_write_yaml(tmp_path / "nc.yaml", {"train": "images", "nc": value, "names": ["a"]}))

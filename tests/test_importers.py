@@ -190,3 +190,85 @@ def test_pixel_box_round_trip(x1: float, y1: float, w: float, h: float) -> None:
     cx, cy, bw, bh = box
     back = [(cx - bw / 2) * 640, (cy - bh / 2) * 480, (cx + bw / 2) * 640, (cy + bh / 2) * 480]
     np.testing.assert_allclose(back, [x1, y1, x2, y2], atol=1e-6)
+
+
+@pytest.mark.parametrize("split", ["../../victim", "", "..", "a/b"])
+def test_split_must_be_a_plain_folder_name_so_nothing_lands_outside_out(tmp_path: Path, split: str,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """--split ../../victim replaced the victim folder's files (exit 0)."""
+    images = _images(tmp_path / "images")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "a.txt").write_text("my label")
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("\n".join(CSV_ROWS) + "\n")
+    json_path = tmp_path / "coco.json"
+    json_path.write_text(json.dumps(_coco(images)))
+    for main, source in ((import_csv.main, ["--csv", str(csv_path)]), (import_coco.main, ["--json", str(json_path)])):
+        out = tmp_path / "out" / "deep"
+        assert main([*source, "--images", str(images), "--out", str(out), "--split", split]) == 2
+        assert f"--split {split!r}: must be a plain folder name" in capsys.readouterr().err
+        assert not out.exists()
+    assert (victim / "a.txt").read_text() == "my label" and sorted(p.name for p in victim.iterdir()) == ["a.txt"]
+
+
+def test_an_import_that_keeps_no_image_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every row skipped (class ids where names were expected, or the wrong --images): was exit 0 and
+    an empty dataset that the checker called clean."""
+    images = _images(tmp_path / "images")
+    csv_path = tmp_path / "ids.csv"
+    csv_path.write_text("filename,width,height,class,xmin,ymin,xmax,ymax\na.jpg,64,48,0,1,1,30,30\n")
+    out = tmp_path / "out"
+    assert import_csv.main(["--csv", str(csv_path), "--images", str(images), "--out", str(out),
+                            "--names", "cat", "dog"]) == 2
+    assert f"{csv_path}: no usable row, 1 skipped (first: {csv_path}:2:" in capsys.readouterr().err
+    json_path = tmp_path / "coco.json"
+    json_path.write_text(json.dumps(_coco(images)))
+    elsewhere = tmp_path / "elsewhere"  # the wrong --images: every image "not found"
+    elsewhere.mkdir()
+    assert import_coco.main(["--json", str(json_path), "--images", str(elsewhere), "--out", str(out)]) == 2
+    assert f"{json_path}: no usable image, 11 problems (first: " in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_coco_image_id_given_twice_is_refused(tmp_path: Path) -> None:
+    """Merged exports both start at id 1: one image was dropped and its boxes moved onto the other."""
+    images = _images(tmp_path / "images")
+    data = _coco(images)
+    data["images"][1]["id"] = 7  # sub/c.png takes a.jpg's id
+    json_path = tmp_path / "coco.json"
+    json_path.write_text(json.dumps(data))
+    with pytest.raises(import_coco.DatasetError, match=r"images\[1\]: image id 7 is also images\[0\]'s"):
+        import_coco.import_coco(json_path, images, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_coco_iscrowd_as_text_and_sizes_that_are_not_finite(tmp_path: Path) -> None:
+    images = _images(tmp_path / "images")
+    data = _coco(images)
+    for annotation in data["annotations"]:
+        annotation["iscrowd"] = str(annotation.get("iscrowd", 0))  # "0" is not a crowd; "1" is
+    data["images"][2]["width"] = float("inf")  # b.png: json writes Infinity, which Python reads back
+    data["images"].append({"id": [1], "file_name": "x.png", "width": 1, "height": 1})  # an id that is no int
+    json_path = tmp_path / "coco.json"
+    json_path.write_text(json.dumps(data))
+    summary = import_coco.import_coco(json_path, images, tmp_path / "out")
+    assert (summary.images, summary.boxes) == (2, 3)  # b.png left out, the boxes as with numbers
+    reasons = [str(p) for p in summary.problems]
+    assert any("images[2] (id 9): size infx40" in r for r in reasons)
+    assert any("images[4]: needs id, file_name, width, height" in r for r in reasons)
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_text_that_is_not_utf8_is_a_clear_error(tmp_path: Path, encoding: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    images = _images(tmp_path / "images")
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("filename,width,height,class,xmin,ymin,xmax,ymax\na.jpg,64,48,café,1,1,30,30\n",
+                        encoding=encoding)
+    assert import_csv.main(["--csv", str(csv_path), "--images", str(images), "--out", str(tmp_path / "o")]) == 2
+    assert f"{csv_path}: not UTF-8 text (byte " in capsys.readouterr().err
+    json_path = tmp_path / "coco.json"
+    json_path.write_text(json.dumps(_coco(images), ensure_ascii=False).replace("l2_100", "café"), encoding=encoding)
+    assert import_coco.main(["--json", str(json_path), "--images", str(images), "--out", str(tmp_path / "o")]) == 2
+    assert f"{json_path}: not UTF-8 text (byte " in capsys.readouterr().err

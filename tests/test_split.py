@@ -171,3 +171,17 @@ def test_a_class_map_value_written_unquoted_survives_the_split(tmp_path: Path) -
     config = load_dataset_config(result.data_yaml)
     assert dict(config.class_map) == {"my_ten": "010"}
     assert config.class_index == tuple(range(taxonomy.num_classes))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--ratios", "nan", "0.5", "0.5"], "--ratios: [nan, 0.5, 0.5] must be positive and sum to 1"),
+    (["--seed", "-1"], "--seed -1: must be a non-negative integer"),
+])
+def test_nan_ratios_and_negative_seeds_are_refused(tmp_path: Path, flags: list[str], message: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Both ended in a numpy traceback."""
+    images, labels = _make_dataset(tmp_path / "source", per_denomination=1, backgrounds=0)
+    out = tmp_path / "out"
+    assert splitter.main(["--images", str(images), "--labels", str(labels), "--out", str(out), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from smartcash.data.errors import DatasetError
+from smartcash.data.errors import DatasetError, not_utf8
 from smartcash.taxonomy import Taxonomy, load_taxonomy
 from smartcash.yaml_unique import UniqueKeyLoader
 
@@ -121,7 +121,10 @@ def _images_in(source: Path) -> list[Path]:
                            "of the dataset", folder, PREDICT_RESULTS_FILE)
         return [p for p in images if not is_inside(p.parent, outputs)] if outputs else images
     if source.suffix.lower() == ".txt":  # a list file: one image path a line, relative to the list
-        lines = source.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise DatasetError(f"{source}: {not_utf8(error)}") from error
         paths = [Path(line.strip()) for line in lines if line.strip()]
         return [p if p.is_absolute() else (source.parent / p) for p in paths]
     return [source]
@@ -194,7 +197,9 @@ def _names(data: dict[str, Any], where: str) -> tuple[str, ...]:
     if not isinstance(names, list) or not names:
         raise DatasetError(f"{where}: needs `names:` (a list of class names, or a dict id: name)")
     declared = data.get("nc")
-    if declared is not None and int(declared) != len(names):
+    if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
+        raise DatasetError(f"{where}: nc: {declared!r} must be the number of classes (an integer)")
+    if declared is not None and declared != len(names):
         raise DatasetError(f"{where}: nc: {declared} but names lists {len(names)} classes (make them agree)")
     return tuple(str(n) for n in names)
 
@@ -245,6 +250,12 @@ def load_dataset_config(path: str | os.PathLike[str], taxonomy: Taxonomy | None 
             loader.dispose()
     except FileNotFoundError as error:
         raise DatasetError(f"{where}: dataset yaml not found (check --data)") from error
+    except IsADirectoryError as error:
+        raise DatasetError(f"{where}: is a folder; --data takes the dataset's yaml file") from error
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{where}: {not_utf8(error)}") from error
+    except OSError as error:
+        raise DatasetError(f"{where}: cannot read the dataset yaml ({error.strerror or error})") from error
     except yaml.YAMLError as error:
         line = getattr(getattr(error, "problem_mark", None), "line", -1) + 1
         raise DatasetError(f"{where}{f':{line}' if line else ''}: invalid yaml ({error})") from error

@@ -8,3 +8,8 @@ class DatasetError(ValueError):
 
     The message follows ``path[:line]: reason (how to fix it)`` so it can be printed as is.
     """
+
+
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """The reason for a text file that is not UTF-8 (a Latin-1 or UTF-16 export): where, and the fix."""
+    return f"not UTF-8 text (byte {error.start} is 0x{error.object[error.start]:02x}); save the file as UTF-8"

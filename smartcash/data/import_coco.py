@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from smartcash.cli import add_layout_arguments, write_into_folder
-from smartcash.data.errors import DatasetError
+from smartcash.data.errors import DatasetError, not_utf8
 from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
-                                        check_output_folder, declared_size_problem, flat_name,
+                                        check_output_folder, check_split_name, declared_size_problem, flat_name,
                                         pixel_box_to_yolo)
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ def _load(json_path: Path) -> dict[str, Any]:
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except OSError as error:
         raise DatasetError(f"{json_path}: cannot read the COCO JSON ({error})") from error
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{json_path}: {not_utf8(error)}") from error
     except json.JSONDecodeError as error:
         raise DatasetError(f"{json_path}:{error.lineno}: invalid JSON ({error.msg})") from error
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -79,9 +81,20 @@ def category_names(json_path: Path, categories: list[Any]) -> tuple[tuple[str, .
     return tuple(entries[i] for i in ordered), class_of
 
 
+def _is_crowd(value: Any) -> bool:
+    """COCO's ``iscrowd`` as written: 0 / 1, also as text ("0" is not a crowd) or a bool."""
+    try:
+        return float(value) != 0
+    except (TypeError, ValueError):
+        return bool(value)
+
+
 def _images(json_path: Path, images: list[Any], images_dir: Path,
             problems: list[ImportProblem]) -> dict[int, CocoImage]:
+    """The usable images by id. Raises DatasetError for an id given twice: annotations name their
+    image by id, so the boxes of the two cannot be told apart (merged exports both start at 1)."""
     found: dict[int, CocoImage] = {}
+    first_position: dict[int, int] = {}
     for position, entry in enumerate(images):
         where = f"images[{position}]"
         try:
@@ -91,7 +104,12 @@ def _images(json_path: Path, images: list[Any], images_dir: Path,
             problems.append(ImportProblem(str(json_path), None,
                                           f"{where}: needs id, file_name, width, height"))
             continue
-        if not (width > 0 and height > 0):
+        if image_id in first_position:
+            raise DatasetError(f"{json_path}: {where}: image id {image_id} is also "
+                               f"images[{first_position[image_id]}]'s; annotations refer to images by id, so their "
+                               "boxes cannot be told apart (give each image its own id; nothing was written)")
+        first_position[image_id] = position
+        if not (math.isfinite(width) and math.isfinite(height) and width > 0 and height > 0):
             problems.append(ImportProblem(str(json_path), None,
                                           f"{where} (id {image_id}): size {width:g}x{height:g}"))
             continue
@@ -164,17 +182,18 @@ def import_coco(json_path: Path, images_dir: Path, out_dir: Path, mode: Transfer
     json_path, images_dir, out_dir = Path(json_path), Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: --images folder not found")
+    check_split_name(split)
     check_output_folder(out_dir)
     data = _load(json_path)
     names, class_of = category_names(json_path, data["categories"])
     problems: list[ImportProblem] = []
     images = _images(json_path, data["images"], images_dir, problems)
-    known_image_ids = {e.get("id") for e in data["images"] if isinstance(e, dict)}
+    known_image_ids = {e.get("id") for e in data["images"] if isinstance(e, dict) and isinstance(e.get("id"), int)}
     rows: dict[int, list[list[float]]] = {image_id: [] for image_id in images}
     rejected: set[int] = set()  # images with an annotation that could not be used
     crowd = skipped = 0
     for position, annotation in enumerate(data.get("annotations") or []):
-        if isinstance(annotation, dict) and annotation.get("iscrowd"):
+        if isinstance(annotation, dict) and _is_crowd(annotation.get("iscrowd")):
             crowd += 1
             continue
         image_id, row, reason = _annotation_row(annotation, images, class_of, known_image_ids)
@@ -197,6 +216,9 @@ def import_coco(json_path: Path, images_dir: Path, out_dir: Path, mode: Transfer
                                           f"({images[image_id].file_name}): left out, none of its annotations "
                                           "could be used (it would have been a background)"))
             del images[image_id]
+    if not images:
+        first = f" (first: {problems[0]})" if problems else ""
+        raise DatasetError(f"{json_path}: no usable image, {len(problems)} problems{first}; nothing was written")
     writer = YoloLayoutWriter(out_dir, names, mode)
     boxes = 0
     for image_id in sorted(images, key=lambda i: (images[i].file_name, i)):

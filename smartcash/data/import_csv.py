@@ -19,14 +19,14 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from smartcash.cli import add_layout_arguments, write_into_folder
-from smartcash.data.errors import DatasetError
+from smartcash.data.errors import DatasetError, not_utf8
 from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
-                                        check_output_folder, declared_size_problem, flat_name,
+                                        check_output_folder, check_split_name, declared_size_problem, flat_name,
                                         pixel_box_to_yolo)
 from smartcash.taxonomy import load_taxonomy
 
@@ -121,26 +121,35 @@ def read_csv(csv_path: Path, images_dir: Path,
     except OSError as error:
         raise DatasetError(f"{csv_path}: cannot read the CSV ({error})") from error
     with handle:
-        reader = csv.DictReader(handle)
-        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise DatasetError(f"{csv_path}:1: header lacks {', '.join(missing)} "
-                               f"(expected the columns {','.join(COLUMNS)})")
-        reader.fieldnames = header
-        checker = _RowChecker(csv_path, images_dir, names)
-        boxes: list[CsvBox] = []
-        problems: list[ImportProblem] = []
-        for row in reader:
-            if row.get(None):  # DictReader puts surplus values under the key None
-                problems.append(ImportProblem(str(csv_path), reader.line_num,
-                                              "more values than header columns"))
-                continue
-            box, reason = checker.check(row, reader.line_num)
-            if box is None:
-                problems.append(ImportProblem(str(csv_path), reader.line_num, reason))
-            else:
-                boxes.append(box)
+        try:
+            return _read_rows(csv_path, handle, images_dir, names)
+        except UnicodeDecodeError as error:
+            raise DatasetError(f"{csv_path}: {not_utf8(error)}") from error
+
+
+def _read_rows(csv_path: Path, handle: Any, images_dir: Path,
+               names: Sequence[str] | None) -> tuple[list[CsvBox], list[ImportProblem]]:
+    """read_csv's rows from an open file."""
+    reader = csv.DictReader(handle)
+    header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise DatasetError(f"{csv_path}:1: header lacks {', '.join(missing)} "
+                           f"(expected the columns {','.join(COLUMNS)})")
+    reader.fieldnames = header
+    checker = _RowChecker(csv_path, images_dir, names)
+    boxes: list[CsvBox] = []
+    problems: list[ImportProblem] = []
+    for row in reader:
+        if row.get(None):  # DictReader puts surplus values under the key None
+            problems.append(ImportProblem(str(csv_path), reader.line_num,
+                                          "more values than header columns"))
+            continue
+        box, reason = checker.check(row, reader.line_num)
+        if box is None:
+            problems.append(ImportProblem(str(csv_path), reader.line_num, reason))
+        else:
+            boxes.append(box)
     return boxes, problems
 
 
@@ -162,8 +171,12 @@ def import_csv(csv_path: Path, images_dir: Path, out_dir: Path, names: Sequence[
     csv_path, images_dir, out_dir = Path(csv_path), Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: --images folder not found")
+    check_split_name(split)
     check_output_folder(out_dir)
     boxes, problems = read_csv(csv_path, images_dir, names)
+    if not boxes:
+        first = f" (first: {problems[0]})" if problems else ""
+        raise DatasetError(f"{csv_path}: no usable row, {len(problems)} skipped{first}; nothing was written")
     class_names = tuple(names) if names else collected_names([b.class_name for b in boxes])
     class_ids = {name: i for i, name in enumerate(class_names)}
     by_image: dict[str, list[CsvBox]] = {}

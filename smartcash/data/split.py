@@ -69,7 +69,7 @@ def split_names(ratios: Sequence[float]) -> tuple[str, ...]:
     """Split names for 2 (train, val) or 3 (train, val, test) ratios; checks they sum to 1."""
     if len(ratios) not in (2, 3):
         raise DatasetError(f"--ratios: give 2 (train val) or 3 (train val test) numbers, got {list(ratios)}")
-    if min(ratios) <= 0 or abs(sum(ratios) - 1) > 1e-6:
+    if not all(math.isfinite(r) and r > 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
         raise DatasetError(f"--ratios: {list(ratios)} must be positive and sum to 1 (e.g. 0.8 0.1 0.1)")
     return SPLIT_ORDER[: len(ratios)]
 
@@ -179,6 +179,8 @@ def split_dataset(images_dir: Path, labels_dir: Path, out_dir: Path,
         raise DatasetError(f"{images_dir}: holds an earlier dataset ({earlier[0]}/data.yaml{more}); its images would"
                            " be split again, twice over and across splits (point --images at the original images only)")
     split_names(ratios)
+    if not 0 <= seed < 2**63:
+        raise DatasetError(f"--seed {seed}: must be a non-negative integer (nothing was written)")
     source_names, class_index, taxonomy, extra = _class_mapping(names, data)
 
     images = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

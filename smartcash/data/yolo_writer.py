@@ -133,6 +133,20 @@ def declared_size_problem(path: Path, width: float, height: float) -> str:
     return ""
 
 
+def check_split_name(split: str) -> None:
+    """A split is a folder under ``images/`` and ``labels/``: one plain name, so nothing is
+    written outside the output folder (``--split ../x`` replaced the files of ``x``).
+
+    Raises:
+        DatasetError: '', '.', '..', a name with '/' in it, or one too long for a file system.
+    """
+    from smartcash.cli import PLAIN_FOLDER_NAME_RULE, is_plain_folder_name
+    from smartcash.data.errors import DatasetError
+
+    if not is_plain_folder_name(str(split)):
+        raise DatasetError(f"--split {split!r}: {PLAIN_FOLDER_NAME_RULE} (nothing was written)")
+
+
 def check_output_folder(out_dir: Path) -> None:
     """An importer's or splitter's ``--out``: new, or an empty writable folder.
 
@@ -212,6 +226,7 @@ class YoloLayoutWriter:
             return self._reserve(split, name)
 
     def _reserve(self, split: str, name: str) -> Path:
+        check_split_name(split)
         if not name or Path(name).name != name or name in (".", ".."):
             raise ValueError(f"{name!r}: not a plain file name (use flat_name); nothing is written outside "
                              f"{self.root}")
