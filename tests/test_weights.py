@@ -314,6 +314,21 @@ def test_payload_never_runs(tmp_path, call) -> None:
         assert marker.exists()
 
 
+
+def test_a_legacy_pickle_payload_is_refused_without_torchs_advice_to_run_it(tmp_path, capsys) -> None:
+    """A non-zip pickle (torch.save(..., _use_new_zipfile_serialization=False) or pickle.dump) that
+    calls code: refused naming the call; torch's "weights_only=False will likely succeed" is not
+    passed on (it would run the payload)."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "old.pt"
+    with path.open("wb") as handle:
+        pickle.dump({"model": _Payload(os.system, f"touch {shlex.quote(str(marker))}")}, handle, protocol=2)
+    assert weights_main(["inspect", str(path)]) == 1
+    error = capsys.readouterr().err
+    assert "refused: a legacy (non-zip) pickle" in error and "(it calls posix.system)" in error
+    assert "weights_only=False" not in error and "likely succeed" not in error
+    assert not marker.exists()
+
 def test_unpickler_refuses_state_on_real_objects_and_names_no_module() -> None:
     def restricted_load(data: bytes):
         return RestrictedUnpickler(io.BytesIO(data), lambda key: b"").load()

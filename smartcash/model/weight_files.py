@@ -89,9 +89,12 @@ def read_weights(path: str | os.PathLike[str]) -> WeightsFile:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as refusal:  # it pickles objects: read them without running code
-        if not zipfile.is_zipfile(path):
-            raise WeightsError(f"{path}: not a weights file torch can read with weights_only=True "
-                               f"({_first_line(refusal)})") from refusal
+        if not zipfile.is_zipfile(path):  # torch's own advice (weights_only=False) would run its code
+            found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(refusal))
+            what = f"it calls {found.group(1)}" if found else "it holds objects, not only tensors"
+            raise WeightsError(f"{path}: refused: a legacy (non-zip) pickle that torch.load(weights_only=True) "
+                               f"cannot read ({what}); SmartCash never runs pickled code. Re-save its state "
+                               "dict with torch.save where you trust the file") from refusal
         try:
             archive = read_torch_archive(path)
         except UnsafePickleError as error:
