@@ -82,11 +82,25 @@ def test_cli_clean_dataset_exits_zero(tmp_path, capsys):
     _jpeg(tmp_path / "images" / "a.jpg")
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
-    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "images", "test": "/content/x/test/images",
-                                                     "names": ["a"]}))
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "images", "val": "images",
+                                                     "test": "/content/x/test/images", "names": ["a"]}))
     assert check.main(["--data", str(tmp_path / "d.yaml")]) == 0
     out = capsys.readouterr().out
     assert "clean: no problems found" in out and "note: test: not found on disk" in out
+
+
+def test_a_yaml_without_train_or_val_is_a_problem_and_a_missing_yaml_a_usage_error(tmp_path, capsys):
+    """Training reads both: an importer's output (train only) was called clean."""
+    _jpeg(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "images", "names": ["a"]}))
+    assert check.main(["--data", str(tmp_path / "d.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "no `val:` entry: training needs train and val (smartcash.data.split makes them)" in out
+    assert "no `train:` entry" not in out
+    assert check.main(["--data", str(tmp_path / "missing.yaml")]) == 2
+    assert f"--data {tmp_path / 'missing.yaml'}: no such file" in capsys.readouterr().err
 
 
 def test_unknown_class_name_in_yaml_is_a_problem(tmp_path, capsys):

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from smartcash.cli import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, at_least, print_error
+from smartcash.cli import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, at_least, input_file, print_error
 from smartcash.data.checks import DatasetReport, SplitReport, check_dataset
 from smartcash.data.dataset_config import SPLITS
 
@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         print_error(error)
         return EXIT_USAGE
     data = args.data
+    try:
+        if data is not None:  # a missing file is a usage error (2); a broken yaml is a problem (1)
+            input_file("--data", data)
+    except UsageError as error:
+        print_error(error)
+        return EXIT_USAGE
     try:
         if data is None:
             from smartcash.data.synthetic import ensure_synthetic_dataset  # lazy: generates on first use

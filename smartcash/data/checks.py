@@ -207,6 +207,10 @@ def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None =
         notes = [f"{name}: not found on disk, not checked ({', '.join(source.missing)})"
                  for name, source in config.splits if not config.has_split(name) and name not in _NEEDED]
         splits = tuple(name for name, _ in config.splits if config.has_split(name) or name in _NEEDED)
+        named = {name for name, _ in config.splits}
+        config_problems += [Problem(str(config.path), 0, f"no `{name}:` entry: training needs train and val "
+                                    "(smartcash.data.split makes them)", CONFIG_PROBLEM)
+                            for name in sorted(_NEEDED) if name not in named]
     for split in splits:
         try:
             report = scan_split(config, split, workers)

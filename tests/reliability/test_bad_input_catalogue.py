@@ -369,9 +369,13 @@ def test_yaml_problem_checker_line_and_train_exit_code(case: YamlCase, tmp_path,
     if case.text is not None:
         path.write_text(case.text)
 
-    code, problems, _ = _checker_problem_lines(path, capsys)
-    assert code == 1
-    assert "\n".join(problems) == f"{path}: {case.reason(path, root)}"
+    if case.text is None:  # no file at all: bad usage for the checker too (README: exit 2)
+        assert check.main(["--data", str(path)]) == 2
+        assert capsys.readouterr().err == f"error: --data {path}: no such file\n"
+    else:
+        code, problems, _ = _checker_problem_lines(path, capsys)
+        assert code == 1
+        assert "\n".join(problems) == f"{path}: {case.reason(path, root)}"
 
     assert train_main(train_argv(path, tmp_path / "runs", "yaml", "--epochs", "1")) == case.train_code
     err = capsys.readouterr().err
