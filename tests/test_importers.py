@@ -272,3 +272,22 @@ def test_text_that_is_not_utf8_is_a_clear_error(tmp_path: Path, encoding: str,
     json_path.write_text(json.dumps(_coco(images), ensure_ascii=False).replace("l2_100", "café"), encoding=encoding)
     assert import_coco.main(["--json", str(json_path), "--images", str(images), "--out", str(tmp_path / "o")]) == 2
     assert f"{json_path}: not UTF-8 text (byte " in capsys.readouterr().err
+
+
+def test_class_names_given_twice_are_refused(tmp_path: Path) -> None:
+    """names [cat, cat, dog] were written and called clean: two classes no detection tells apart."""
+    images = _images(tmp_path / "images")
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("\n".join(CSV_ROWS) + "\n")
+    with pytest.raises(import_csv.DatasetError, match="--names: 'cat' is ids 0 and 1: each class needs its own name"):
+        import_csv.import_csv(csv_path, images, tmp_path / "o", names=["cat", "cat", "dog"])
+    data = _coco(images)
+    data["categories"].append({"id": 9, "name": "100"})
+    json_path = tmp_path / "coco.json"
+    json_path.write_text(json.dumps(data))
+    with pytest.raises(import_coco.DatasetError, match="categories: ids 2 and 9 are both named '100'"):
+        import_coco.import_coco(json_path, images, tmp_path / "o")
+    (tmp_path / "d.yaml").write_text("train: images\nnames: [cat, dog, cat]\n")
+    with pytest.raises(import_coco.DatasetError, match="names: 'cat' is ids 0 and 2: each class needs its own name"):
+        load_dataset_config(tmp_path / "d.yaml")
+    assert not (tmp_path / "o").exists()

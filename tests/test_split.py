@@ -185,3 +185,12 @@ def test_nan_ratios_and_negative_seeds_are_refused(tmp_path: Path, flags: list[s
     assert splitter.main(["--images", str(images), "--labels", str(labels), "--out", str(out), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_names_given_twice_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images, labels = _make_dataset(tmp_path / "source", per_denomination=1, backgrounds=0)
+    out = tmp_path / "out"
+    assert splitter.main(["--images", str(images), "--labels", str(labels), "--out", str(out),
+                          "--names", *(["x"] * 17)]) == 2
+    assert "--names: 'x' is ids 0 and 1: each class needs its own name" in capsys.readouterr().err
+    assert not out.exists()

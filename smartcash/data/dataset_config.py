@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,22 @@ def _names(data: dict[str, Any], where: str) -> tuple[str, ...]:
         raise DatasetError(f"{where}: nc: {declared!r} must be the number of classes (an integer)")
     if declared is not None and declared != len(names):
         raise DatasetError(f"{where}: nc: {declared} but names lists {len(names)} classes (make them agree)")
-    return tuple(str(n) for n in names)
+    names = tuple(str(n) for n in names)
+    repeated = duplicate_names(names)
+    if repeated:
+        raise DatasetError(f"{where}: names: {repeated}: each class needs its own name (a detection of it "
+                           "could not be told apart from the other)")
+    return names
+
+
+def duplicate_names(names: Sequence[str]) -> str:
+    """'' when every name differs, else the first repeated one and its ids, e.g. "'cat' is ids 0 and 2"."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in first:
+            return f"{name!r} is ids {first[name]} and {index}"
+        first[name] = index
+    return ""
 
 
 def _class_mapping(names: tuple[str, ...], class_map: dict[str, str], taxonomy: Taxonomy,

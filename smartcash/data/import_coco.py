@@ -77,6 +77,12 @@ def category_names(json_path: Path, categories: list[Any]) -> tuple[tuple[str, .
             raise DatasetError(f"{json_path}: categories[{position}]: id {category_id} used twice")
         entries[category_id] = name
     ordered = sorted(entries)
+    named: dict[str, int] = {}
+    for category_id in ordered:
+        if entries[category_id] in named:
+            raise DatasetError(f"{json_path}: categories: ids {named[entries[category_id]]} and {category_id} are "
+                               f"both named {entries[category_id]!r}; each class needs its own name")
+        named[entries[category_id]] = category_id
     class_of = {category_id: index for index, category_id in enumerate(ordered)}
     return tuple(entries[i] for i in ordered), class_of
 

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from smartcash.cli import add_layout_arguments, write_into_folder
+from smartcash.data.dataset_config import duplicate_names
 from smartcash.data.errors import DatasetError, not_utf8
 from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
                                         check_output_folder, check_split_name, declared_size_problem, flat_name,
@@ -172,6 +173,8 @@ def import_csv(csv_path: Path, images_dir: Path, out_dir: Path, names: Sequence[
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: --images folder not found")
     check_split_name(split)
+    if names and duplicate_names([str(n) for n in names]):
+        raise DatasetError(f"--names: {duplicate_names([str(n) for n in names])}: each class needs its own name")
     check_output_folder(out_dir)
     boxes, problems = read_csv(csv_path, images_dir, names)
     if not boxes:

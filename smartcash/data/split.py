@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from smartcash.data.dataset_config import IMAGE_SUFFIXES, load_dataset_config
+from smartcash.data.dataset_config import IMAGE_SUFFIXES, duplicate_names, load_dataset_config
 from smartcash.cli import write_into_folder
 from smartcash.data.errors import DatasetError
 from smartcash.data.labels import BAD_CLASS, parse_label_file
@@ -139,6 +139,9 @@ def _class_mapping(names: Sequence[str] | None, data: Path | None) -> tuple[tupl
         logger.info("no --names/--data: labels are taken to use the SmartCash class ids (%d classes)",
                     taxonomy.num_classes)
         return taxonomy.names, tuple(range(taxonomy.num_classes)), taxonomy, {}
+    repeated = duplicate_names([str(n) for n in names])
+    if repeated:
+        raise DatasetError(f"--names: {repeated}: each class needs its own name (nothing was written)")
     ids = [taxonomy.lookup(n) for n in names]
     if all(i is not None for i in ids):
         return tuple(names), tuple(int(i) for i in ids if i is not None), taxonomy, {}
