@@ -291,3 +291,18 @@ def test_class_names_given_twice_are_refused(tmp_path: Path) -> None:
     with pytest.raises(import_coco.DatasetError, match="names: 'cat' is ids 0 and 2: each class needs its own name"):
         load_dataset_config(tmp_path / "d.yaml")
     assert not (tmp_path / "o").exists()
+
+
+def test_csv_rows_that_spell_one_image_differently_make_one_image(tmp_path: Path) -> None:
+    """`a.jpg`, `./a.jpg` and `export/a.jpg` (found by its base name) were three copies, each with
+    one of the image's boxes (the others unlabelled objects in it)."""
+    images = _images(tmp_path / "images")
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("filename,width,height,class,xmin,ymin,xmax,ymax\n"
+                        "a.jpg,64,48,cat,1,1,30,30\n./a.jpg,64,48,dog,5,5,60,40\nexport/a.jpg,64,48,cat,2,2,25,25\n"
+                        "./a.jpg,64,48,cat,1,1,30,30\n")
+    summary = import_csv.import_csv(csv_path, images, tmp_path / "out")
+    assert (summary.images, summary.boxes) == (1, 3)
+    assert [str(p) for p in summary.problems] == [f"{csv_path}:5: duplicate of line 2"]
+    _close(_pixel_boxes(summary.data_yaml), {"a.jpg": [("cat", (1, 1, 30, 30)), ("dog", (5, 5, 60, 40)),
+                                                       ("cat", (2, 2, 25, 25))]})

@@ -71,7 +71,9 @@ class _RowChecker:
     def _image(self, filename: str) -> Path | None:
         if filename not in self._images:
             candidates = (self.images_dir / filename, self.images_dir / Path(filename).name)
-            self._images[filename] = next((c for c in candidates if c.is_file()), None)
+            found = next((c for c in candidates if c.is_file()), None)
+            # Resolved: `a.jpg`, `./a.jpg` and `export/a.jpg` (found by base name) are one image.
+            self._images[filename] = found.resolve() if found is not None else None
         return self._images[filename]
 
     def check(self, row: dict[str, str | None], line: int) -> tuple[CsvBox | None, str]:
@@ -95,19 +97,19 @@ class _RowChecker:
         if self.names is not None and class_name not in self.names:
             return None, f"class {class_name!r} not in --names"
         width, height = values["width"], values["height"]
-        first = self._sizes.setdefault(filename, (width, height, line))
+        first = self._sizes.setdefault(str(image), (width, height, line))
         if first[:2] != (width, height):
             return None, f"size {width:g}x{height:g} differs from line {first[2]} ({first[0]:g}x{first[1]:g})"
         if width > 0 and height > 0:
-            if filename not in self._size_problems:
-                self._size_problems[filename] = declared_size_problem(image, width, height)
-            if self._size_problems[filename]:
-                return None, self._size_problems[filename]
+            if str(image) not in self._size_problems:
+                self._size_problems[str(image)] = declared_size_problem(image, width, height)
+            if self._size_problems[str(image)]:
+                return None, self._size_problems[str(image)]
         box, reason = pixel_box_to_yolo(values["xmin"], values["ymin"], values["xmax"], values["ymax"],
                                         width, height)
         if box is None:
             return None, reason
-        key = (filename, class_name, values["xmin"], values["ymin"], values["xmax"], values["ymax"])
+        key = (str(image), class_name, values["xmin"], values["ymin"], values["xmax"], values["ymax"])
         if key in self._seen:
             return None, f"duplicate of line {self._seen[key]}"
         self._seen[key] = line
@@ -182,14 +184,13 @@ def import_csv(csv_path: Path, images_dir: Path, out_dir: Path, names: Sequence[
         raise DatasetError(f"{csv_path}: no usable row, {len(problems)} skipped{first}; nothing was written")
     class_names = tuple(names) if names else collected_names([b.class_name for b in boxes])
     class_ids = {name: i for i, name in enumerate(class_names)}
-    by_image: dict[str, list[CsvBox]] = {}
+    by_image: dict[Path, list[CsvBox]] = {}  # one image however its rows spell its path
     for box in boxes:
-        by_image.setdefault(box.filename, []).append(box)
+        by_image.setdefault(box.image, []).append(box)
     writer = YoloLayoutWriter(out_dir, class_names, mode)
-    for filename in sorted(by_image):
-        rows = by_image[filename]
+    for rows in sorted(by_image.values(), key=lambda rows: rows[0].filename):
         array = np.array([[class_ids[b.class_name], *b.box] for b in rows], np.float64)
-        writer.add_file(split, rows[0].image, array, name=flat_name(Path(filename)))
+        writer.add_file(split, rows[0].image, array, name=flat_name(Path(rows[0].filename)))
     data_yaml = writer.finish()
     if problems:
         logger.warning("%s: %d bad rows skipped (first: %s)", csv_path, len(problems), problems[0])
