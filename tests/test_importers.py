@@ -306,3 +306,22 @@ def test_csv_rows_that_spell_one_image_differently_make_one_image(tmp_path: Path
     assert [str(p) for p in summary.problems] == [f"{csv_path}:5: duplicate of line 2"]
     _close(_pixel_boxes(summary.data_yaml), {"a.jpg": [("cat", (1, 1, 30, 30)), ("dog", (5, 5, 60, 40)),
                                                        ("cat", (2, 2, 25, 25))]})
+
+
+def test_roboflow_dataset_category_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Roboflow's COCO exports start with a category named after the dataset (id 0, supercategory
+    "none"), the supercategory of every real class, used by no annotation: it became a class with no
+    box that the checker then refused."""
+    images = _images(tmp_path / "images")
+    data = _coco(images)
+    data["categories"] = [{"id": 0, "name": "rupiah", "supercategory": "none"}] + [
+        {**category, "supercategory": "rupiah"} for category in data["categories"]]
+    json_path = tmp_path / "coco.json"
+    json_path.write_text(json.dumps(data))
+    caplog.set_level("INFO", logger="smartcash")
+    summary = import_coco.import_coco(json_path, images, tmp_path / "out")
+    assert summary.names == ("100", "l2_100") and (summary.images, summary.boxes) == (3, 3)
+    assert "category 0 'rupiah' left out" in caplog.text
+    data["annotations"][0]["category_id"] = 0  # used: a real class after all, kept
+    json_path.write_text(json.dumps(data))
+    assert import_coco.import_coco(json_path, images, tmp_path / "out2").names == ("rupiah", "100", "l2_100")

@@ -87,6 +87,20 @@ def category_names(json_path: Path, categories: list[Any]) -> tuple[tuple[str, .
     return tuple(entries[i] for i in ordered), class_of
 
 
+def _without_dataset_category(json_path: Path, categories: list[Any], annotations: Any) -> list[Any]:
+    """The categories less Roboflow's dataset entry: a category no annotation uses whose name is the
+    ``supercategory`` of the others (id 0 ``rupiah`` over ``001``, ``002`` ...). Kept, it would be a
+    class with no box and a name that maps to no SmartCash class."""
+    used = {annotation.get("category_id") for annotation in annotations or [] if isinstance(annotation, dict)}
+    parents = {str(c.get("supercategory")) for c in categories if isinstance(c, dict) and c.get("supercategory")}
+    dropped = [c for c in categories if isinstance(c, dict) and c.get("id") not in used
+               and str(c.get("name")) in parents and c.get("supercategory") in (None, "", "none")]
+    for category in dropped:
+        logger.info("%s: category %s %r left out: no annotation uses it and it names the others' supercategory "
+                    "(a Roboflow export's dataset entry)", json_path, category.get("id"), category.get("name"))
+    return [c for c in categories if not any(c is d for d in dropped)]
+
+
 def _is_crowd(value: Any) -> bool:
     """COCO's ``iscrowd`` as written: 0 / 1, also as text ("0" is not a crowd) or a bool."""
     try:
@@ -191,7 +205,8 @@ def import_coco(json_path: Path, images_dir: Path, out_dir: Path, mode: Transfer
     check_split_name(split)
     check_output_folder(out_dir)
     data = _load(json_path)
-    names, class_of = category_names(json_path, data["categories"])
+    categories = _without_dataset_category(json_path, data["categories"], data.get("annotations"))
+    names, class_of = category_names(json_path, categories)
     problems: list[ImportProblem] = []
     images = _images(json_path, data["images"], images_dir, problems)
     known_image_ids = {e.get("id") for e in data["images"] if isinstance(e, dict) and isinstance(e.get("id"), int)}
