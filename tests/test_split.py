@@ -194,3 +194,17 @@ def test_names_given_twice_are_refused(tmp_path: Path, capsys: pytest.CaptureFix
                           "--names", *(["x"] * 17)]) == 2
     assert "--names: 'x' is ids 0 and 1: each class needs its own name" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_two_images_that_share_a_label_file_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """x.jpg and x.png both read x.txt: split copied the label to both (renaming one x_1), so the
+    checker could no longer see the problem."""
+    images, labels = _make_dataset(tmp_path / "source", per_denomination=1, backgrounds=0)
+    first = sorted(images.rglob("*.png"))[0]
+    cv2.imwrite(str(first.with_suffix(".jpg")), np.zeros((4, 4, 3), np.uint8))
+    out = tmp_path / "out"
+    assert splitter.main(["--images", str(images), "--labels", str(labels), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    key = first.relative_to(images).with_suffix("").as_posix()
+    assert f"{key}.txt: label of several images" in error and f"({key}.jpg, {key}.png all take its boxes" in error
+    assert not out.exists()
