@@ -382,6 +382,9 @@ def test_cli_errors(tmp_path, yolov5_release, capsys) -> None:
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)
     assert "is the input" in errors[0] and "not found" in errors[1] and "junk.pt" in errors[2]
+    assert weights_main(["inspect", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path}: is a folder; give the weights file in it "
+                                       "(.pt, .pth or .safetensors)\n")
     assert weights_main(["inspect", str(path), "--model", "yolov5s"]) == 0  # n weights, s model: anchors only
     assert "into yolov5s (17 classes): 1 of our 349 tensors would load (detect 1)" in capsys.readouterr().out
 

@@ -74,6 +74,8 @@ def read_weights(path: str | os.PathLike[str]) -> WeightsFile:
         WeightsError: unreadable, refused, or no tensors found.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path}: is a folder; give the weights file in it (.pt, .pth or .safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found (pretrained weights are never downloaded; "
                                 "give a local path)")
