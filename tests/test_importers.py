@@ -325,3 +325,14 @@ def test_roboflow_dataset_category_is_left_out(tmp_path: Path, caplog: pytest.Lo
     data["annotations"][0]["category_id"] = 0  # used: a real class after all, kept
     json_path.write_text(json.dumps(data))
     assert import_coco.import_coco(json_path, images, tmp_path / "out2").names == ("rupiah", "100", "l2_100")
+
+
+def test_coco_annotation_given_twice_is_reported_once_kept(tmp_path: Path) -> None:
+    images = _images(tmp_path / "images")
+    data = _coco(images)
+    data["annotations"].append({**data["annotations"][0], "id": 99})
+    json_path = tmp_path / "coco.json"
+    json_path.write_text(json.dumps(data))
+    summary = import_coco.import_coco(json_path, images, tmp_path / "out")
+    assert (summary.images, summary.boxes) == (3, 3)  # as without the copy
+    assert any("annotations[8] (id 99): duplicate of annotations[0]" in str(p) for p in summary.problems)

@@ -213,11 +213,16 @@ def import_coco(json_path: Path, images_dir: Path, out_dir: Path, mode: Transfer
     rows: dict[int, list[list[float]]] = {image_id: [] for image_id in images}
     rejected: set[int] = set()  # images with an annotation that could not be used
     crowd = skipped = 0
+    seen: dict[tuple[int, tuple[float, ...]], int] = {}  # (image, class + box) -> first position
     for position, annotation in enumerate(data.get("annotations") or []):
         if isinstance(annotation, dict) and _is_crowd(annotation.get("iscrowd")):
             crowd += 1
             continue
         image_id, row, reason = _annotation_row(annotation, images, class_of, known_image_ids)
+        if row is not None and image_id is not None:
+            first = seen.setdefault((image_id, tuple(row)), position)
+            if first != position:  # the same box twice: one object, not two (as the CSV importer)
+                row, reason = None, f"duplicate of annotations[{first}]"
         if row is None or image_id is None:
             skipped += 1
             identifier = annotation.get("id") if isinstance(annotation, dict) else None
