@@ -26,8 +26,8 @@ def _tool_rows(benchmark: str, device: str, tools: dict[str, Any]) -> list[list[
             continue
         if "images_per_s" in figures:
             speed = f"{figures['images_per_s']:.1f} img/s"
-        elif "median_s" in figures:
-            speed = f"{figures['median_s'] * 1000:.1f} ms"
+        elif "median_s" in figures or "time_s" in figures:  # time_s: one timed call (bench_map's dense case)
+            speed = f"{figures.get('median_s', figures.get('time_s')) * 1000:.1f} ms"
         else:
             continue
         ratio = figures.get("ratio_to_smartcash")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smartcash.cli import MAX_FOLDER_NAME_BYTES, is_plain_folder_name
 from smartcash.data.dataset_config import PREDICT_RESULTS_FILE as RESULTS_JSON
 from smartcash.prediction_source import ArgumentsError, check_source, decoding_batches, drawn_path, find_images
 
@@ -65,10 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def increment_dir(root: Path, name: str) -> Path:
-    """``root/name`` if it does not exist, else the first free ``root/name2``, ``root/name3`` ..."""
+    """``root/name`` if it does not exist, else the first free ``root/name2``, ``root/name3`` ...
+
+    Raises:
+        ArgumentsError: the next free name would be longer than a folder name may be.
+    """
     candidate, number = root / name, 2
     while candidate.exists():
         candidate, number = root / f"{name}{number}", number + 1
+        if not is_plain_folder_name(candidate.name):
+            raise ArgumentsError(f"--name {name[:40]}...: {root / name} exists and {candidate.name[:40]}... would be "
+                                 f"longer than a folder name may be ({MAX_FOLDER_NAME_BYTES} bytes); choose a "
+                                 "shorter --name")
     return candidate
 
 

@@ -17,10 +17,19 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _mapping_without_repeats(loader: UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """The mapping, after checking the keys written in it. A merge (``<<: *anchor``) is not a key:
+    the keys written beside it override the merged ones, as YAML says; an unhashable key is left to
+    ``construct_mapping``'s own error."""
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node)
-        if key in seen:
+        try:
+            repeated = key in seen
+        except TypeError:  # unhashable ([x, y] as a key)
+            continue
+        if repeated:
             raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node)

@@ -183,6 +183,7 @@ def test_summary_table_lists_every_tool_and_run(tmp_path, capsys):
     write_results("map", {"machine": {"device": "cpu"}, "tools": {"pycocotools": {"median_s": 0.8,
                                                                                    "ratio_to_smartcash": 95.5}}},
                   results)
+    write_results("map_dense", {"machine": {"device": "cpu"}, "tools": {"smartcash yolo": {"time_s": 2.5}}}, results)
     run = tmp_path / "runs/train/vnd/phase1"
     run.mkdir(parents=True)
     (run / "results.csv").write_text("epoch,epoch_time_s,metrics/mAP50,metrics/mAP50-95\n0,10,0.1,0.05\n"
@@ -191,6 +192,7 @@ def test_summary_table_lists_every_tool_and_run(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "ultralytics loader" in table and "600.0 img/s" in table and "1.50" in table
     assert "800.0 ms" in table and "95.50" in table
+    assert "map_dense" in table and "2500.0 ms" in table  # one timed call (the dense case)
     assert "vnd/phase1, 2 epochs" in table and "15.0 s/epoch" in table and "mAP50-95 0.125" in table
 
 

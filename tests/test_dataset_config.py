@@ -220,3 +220,16 @@ def test_unreadable_yamls_are_clear_errors(tmp_path):
     for value in ("one", 1e400, True):
         with pytest.raises(DatasetError, match="must be the number of classes"):
             load_dataset_config(_write_yaml(tmp_path / "nc.yaml", {"train": "images", "nc": value, "names": ["a"]}))
+
+
+def test_merge_keys_still_load_and_unhashable_keys_are_a_clear_error(tmp_path):
+    """The repeated-key check must not refuse YAML merges (`<<: *anchor`, keys beside it override)."""
+    _touch_images(tmp_path / "images", ["a.jpg"])
+    merged = tmp_path / "merge.yaml"
+    merged.write_text("common: &c {train: images, nc: 2}\n<<: *c\nnc: 1\nval: images\nnames: [a]\n")
+    config = load_dataset_config(merged)
+    assert config.source_names == ("a",) and [p.name for p in config.images("train")] == ["a.jpg"]
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("train: images\nnames: [a]\n? [x, y]\n: 1\n")
+    with pytest.raises(DatasetError, match=r"(?s)odd.yaml:3: invalid yaml .*unhashable key"):
+        load_dataset_config(odd)

@@ -336,3 +336,29 @@ def test_coco_annotation_given_twice_is_reported_once_kept(tmp_path: Path) -> No
     summary = import_coco.import_coco(json_path, images, tmp_path / "out")
     assert (summary.images, summary.boxes) == (3, 3)  # as without the copy
     assert any("annotations[8] (id 99): duplicate of annotations[0]" in str(p) for p in summary.problems)
+
+
+def test_two_names_linked_to_one_stored_file_stay_two_images(tmp_path: Path) -> None:
+    """git-annex / DVC caches link images with equal content to one stored file: still two images."""
+    images = tmp_path / "images"
+    store = tmp_path / "store"
+    store.mkdir()
+    images.mkdir()
+    cv2.imwrite(str(store / "blob.jpg"), np.full((48, 64, 3), 100, np.uint8))
+    (images / "x.jpg").symlink_to(store / "blob.jpg")
+    (images / "y.jpg").symlink_to(store / "blob.jpg")
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("filename,width,height,class,xmin,ymin,xmax,ymax\n"
+                        "x.jpg,64,48,cat,1,1,30,30\ny.jpg,64,48,cat,1,1,30,30\n")
+    summary = import_csv.import_csv(csv_path, images, tmp_path / "out")
+    assert (summary.images, summary.boxes, summary.problems) == (2, 2, ())
+
+
+def test_coco_category_id_that_is_no_number_skips_the_annotation(tmp_path: Path) -> None:
+    images = _images(tmp_path / "images")
+    data = _coco(images)
+    data["annotations"][1]["category_id"] = [5]
+    json_path = tmp_path / "coco.json"
+    json_path.write_text(json.dumps(data))
+    summary = import_coco.import_coco(json_path, images, tmp_path / "out")
+    assert any("annotations[1] (id 2): needs image_id, category_id" in str(p) for p in summary.problems)

@@ -205,6 +205,11 @@ def test_predict_name_must_be_a_plain_folder_name(checkpoint, images, tmp_path, 
                          "--project", str(project), "--name", "é" * 128]) == 2  # 256 bytes: Errno 36 mid-run
     assert "(128 characters)': must be a plain folder name (no '/', at most 255 bytes)" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*"))
+    taken = project / "predict" / ("n" * 255)  # the longest name, taken: name2 would be 256 bytes
+    taken.mkdir(parents=True)
+    assert predict_main(["--weights", str(checkpoint), "--source", str(images / "good_0.png"), "--device", "cpu",
+                         "--project", str(project), "--name", "n" * 255]) == 2
+    assert "would be longer than a folder name may be (255 bytes); choose a shorter --name" in capsys.readouterr().err
 
 
 def _reference(checkpoint: Path) -> torch.nn.Module:

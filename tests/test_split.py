@@ -175,7 +175,7 @@ def test_a_class_map_value_written_unquoted_survives_the_split(tmp_path: Path) -
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--ratios", "nan", "0.5", "0.5"], "--ratios: [nan, 0.5, 0.5] must be positive and sum to 1"),
-    (["--seed", "-1"], "--seed -1: must be a non-negative integer"),
+    (["--seed", "-1"], "--seed -1: must be an integer from 0 to 2**63 - 1"),
 ])
 def test_nan_ratios_and_negative_seeds_are_refused(tmp_path: Path, flags: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

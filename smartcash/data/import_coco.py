@@ -91,9 +91,9 @@ def _without_dataset_category(json_path: Path, categories: list[Any], annotation
     """The categories less Roboflow's dataset entry: a category no annotation uses whose name is the
     ``supercategory`` of the others (id 0 ``rupiah`` over ``001``, ``002`` ...). Kept, it would be a
     class with no box and a name that maps to no SmartCash class."""
-    used = {annotation.get("category_id") for annotation in annotations or [] if isinstance(annotation, dict)}
+    used = {str(annotation.get("category_id")) for annotation in annotations or [] if isinstance(annotation, dict)}
     parents = {str(c.get("supercategory")) for c in categories if isinstance(c, dict) and c.get("supercategory")}
-    dropped = [c for c in categories if isinstance(c, dict) and c.get("id") not in used
+    dropped = [c for c in categories if isinstance(c, dict) and str(c.get("id")) not in used
                and str(c.get("name")) in parents and c.get("supercategory") in (None, "", "none")]
     for category in dropped:
         logger.info("%s: category %s %r left out: no annotation uses it and it names the others' supercategory "

@@ -16,6 +16,7 @@ import argparse
 import csv
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,9 @@ class _RowChecker:
         if filename not in self._images:
             candidates = (self.images_dir / filename, self.images_dir / Path(filename).name)
             found = next((c for c in candidates if c.is_file()), None)
-            # Resolved: `a.jpg`, `./a.jpg` and `export/a.jpg` (found by base name) are one image.
-            self._images[filename] = found.resolve() if found is not None else None
+            # Normalised, links not followed: `a.jpg`, `./a.jpg` and `export/a.jpg` (found by base name)
+            # are one image; two names linked to one stored file (git-annex, DVC) stay two images.
+            self._images[filename] = Path(os.path.abspath(found)) if found is not None else None
         return self._images[filename]
 
     def check(self, row: dict[str, str | None], line: int) -> tuple[CsvBox | None, str]:

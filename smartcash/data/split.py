@@ -183,7 +183,7 @@ def split_dataset(images_dir: Path, labels_dir: Path, out_dir: Path,
                            " be split again, twice over and across splits (point --images at the original images only)")
     split_names(ratios)
     if not 0 <= seed < 2**63:
-        raise DatasetError(f"--seed {seed}: must be a non-negative integer (nothing was written)")
+        raise DatasetError(f"--seed {seed}: must be an integer from 0 to 2**63 - 1 (nothing was written)")
     source_names, class_index, taxonomy, extra = _class_mapping(names, data)
 
     images = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
