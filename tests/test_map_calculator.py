@@ -134,3 +134,17 @@ def test_import_pulls_in_numpy_only() -> None:
             "print(','.join(heavy))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == ""
+
+
+@pytest.mark.parametrize("mode", ["coco", "yolo"])
+def test_scores_outside_zero_one_warn_that_precision_recall_f1_are_off(mode: str, recwarn) -> None:
+    """A perfect box scored -3 (a logit): AP 1, but recall and F1 read on the [0, 1] grid are 0."""
+    calculator = ParallelMapCalculator(1, mode=mode)
+    calculator.update([np.array([[0, 0, 10, 10, -3.0, 0]])], [np.array([[0, 0, 0, 10, 10]])])
+    with pytest.warns(UserWarning, match=r"prediction scores span \[-3, -3\], outside \[0, 1\]"):
+        result = calculator.compute()
+    assert result.map50 == pytest.approx(1.0 if mode == "coco" else 0.995)
+    calculator = ParallelMapCalculator(1, mode=mode)  # probabilities: no warning
+    calculator.update([np.array([[0, 0, 10, 10, 0.9, 0]])], [np.array([[0, 0, 0, 10, 10]])])
+    calculator.compute()
+    assert not [w for w in recwarn if "outside [0, 1]" in str(w.message)]

@@ -44,7 +44,9 @@ with use_scipy=False, utils/metrics.py ``box_iou``, ``ap_per_class``, ``compute_
 Both modes: precision, recall and F1 per class are read at the confidence (grid of 1000 points in
 [0, 1]) that maximises the mean over classes with ground truth of F1, smoothed by a box filter of
 width 0.1 (ultralytics ``ap_per_class``); in coco mode from COCO's matches at IoU 0.5 (of the kept
-top-100 detections) in COCO's order. COCO itself defines no such operating point.
+top-100 detections) in COCO's order. COCO itself defines no such operating point. Scores outside
+[0, 1] (logits) rank as well as probabilities, so AP is right, but they fall off that grid:
+``compute`` warns.
 
 Speed: matching runs over all images, classes and thresholds at once (see ``map_matching``). The
 coco mode runs through ``coco_core.run_coco``, the same matching and accumulation core as
@@ -53,6 +55,7 @@ coco mode runs through ``coco_core.run_coco``, the same matching and accumulatio
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -164,6 +167,12 @@ class ParallelMapCalculator:
     def compute(self) -> MapResult:
         """Evaluate everything seen since the last reset (the state is kept)."""
         data = self._detections()
+        scores = data.prediction_scores
+        if len(scores) and not (scores.min() >= 0 and scores.max() <= 1):  # once per compute, on the host
+            warnings.warn(f"prediction scores span [{scores.min():g}, {scores.max():g}], outside [0, 1] (logits?): "
+                          "AP and mAP only rank them and are right, but precision, recall and F1 are read on a "
+                          "[0, 1] confidence grid (as ultralytics does) and will be wrong; pass probabilities",
+                          stacklevel=2)
         result = evaluate(data, self.num_classes, self.mode, self.num_images)
         if self.class_map is None:
             return result
