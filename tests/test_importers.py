@@ -362,3 +362,16 @@ def test_coco_category_id_that_is_no_number_skips_the_annotation(tmp_path: Path)
     json_path.write_text(json.dumps(data))
     summary = import_coco.import_coco(json_path, images, tmp_path / "out")
     assert any("annotations[1] (id 2): needs image_id, category_id" in str(p) for p in summary.problems)
+
+
+def test_out_that_is_a_broken_link_is_refused_before_anything(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """It was exit 1 with "incomplete: delete it and run again" though nothing had been written."""
+    images = _images(tmp_path / "images")
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("\n".join(CSV_ROWS) + "\n")
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "gone")
+    assert import_csv.main(["--csv", str(csv_path), "--images", str(images), "--out", str(out)]) == 2
+    assert f"{out}: --out is a link to {tmp_path / 'gone'}, which does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "gone").exists()

@@ -155,6 +155,9 @@ def check_output_folder(out_dir: Path) -> None:
     """
     from smartcash.data.errors import DatasetError
 
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise DatasetError(f"{out_dir}: --out is a link to {os.readlink(out_dir)}, which does not exist; give a new "
+                           "folder (nothing was written)")
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetError(f"{out_dir}: --out is a file; give a new folder (nothing was written)")
     if out_dir.exists() and any(out_dir.iterdir()):
