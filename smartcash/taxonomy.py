@@ -70,7 +70,7 @@ class Taxonomy:
 
     def lookup(self, name: str) -> int | None:
         """Fine id of a class name or alias (case- and whitespace-insensitive), else None."""
-        return _name_index(self).get(_normalise(name))
+        return _name_index(self).get(name_key(name))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, stored inside checkpoints (loadable with ``weights_only=True``)."""
@@ -117,7 +117,8 @@ class LossConfig:
                 "label_smoothing": self.label_smoothing}
 
 
-def _normalise(name: str) -> str:
+def name_key(name: str) -> str:
+    """How class names compare everywhere: case and spacing ignored (`Car`, ` car ` are one name)."""
     return " ".join(str(name).strip().lower().split())
 
 
@@ -126,7 +127,7 @@ def _name_index(taxonomy: Taxonomy) -> dict[str, int]:
     index: dict[str, int] = {}
     for c in taxonomy.fine_classes:
         for key in (c.name, *c.aliases):
-            index[_normalise(key)] = c.id
+            index[name_key(key)] = c.id
     return index
 
 
@@ -171,7 +172,7 @@ def _parse_taxonomy(data: dict[str, Any], source: str, is_smartcash: bool = True
     seen: dict[str, str] = {}
     for c in taxonomy.fine_classes:
         for key in (c.name, *c.aliases):
-            owner = seen.setdefault(_normalise(key), c.name)
+            owner = seen.setdefault(name_key(key), c.name)
             if owner != c.name:
                 raise TaxonomyError(f"{source}: name/alias {key!r} used by both {owner!r} and {c.name!r}")
     return taxonomy

@@ -233,3 +233,33 @@ def test_merge_keys_still_load_and_unhashable_keys_are_a_clear_error(tmp_path):
     odd.write_text("train: images\nnames: [a]\n? [x, y]\n: 1\n")
     with pytest.raises(DatasetError, match=r"(?s)odd.yaml:3: invalid yaml .*unhashable key"):
         load_dataset_config(odd)
+
+
+def test_layout_quirks_of_real_exports(tmp_path, caplog):
+    """Images in a linked subfolder are read (rglob skipped them); a list file with a BOM keeps its
+    first image; a `../train/images` that leaves the export while the export has its own warns."""
+    store = tmp_path / "store"
+    _touch_images(store, ["s1.jpg", "s2.jpg"])
+    export = tmp_path / "proj" / "v2"
+    _touch_images(export / "train" / "images", ["a.jpg"])
+    (export / "train" / "images" / "extra").symlink_to(store)
+    (export / "train" / "images" / "loop").symlink_to(export / "train" / "images")  # a link loop ends
+    _touch_images(tmp_path / "proj" / "train" / "images", ["sibling.jpg"])  # another export in the parent
+    (export / "list.txt").write_bytes("\ufefftrain/images/a.jpg\r\n".encode("utf-8"))
+    caplog.set_level("WARNING", logger="smartcash")
+    config = load_dataset_config(_write_yaml(export / "data.yaml", {
+        "train": "train/images", "val": "list.txt", "test": "../train/images", "names": ["a"]}))
+    assert sorted(p.name for p in config.images("train")) == ["a.jpg", "s1.jpg", "s2.jpg"]
+    assert [p.name for p in config.images("val")] == ["a.jpg"]
+    assert [p.name for p in config.images("test")] == ["sibling.jpg"]  # as YOLOv5 resolves it ...
+    assert "../train/images resolves to" in caplog.text and "outside the yaml's folder" in caplog.text  # ... said
+
+
+def test_names_that_differ_only_in_case_repeat_and_aliases_that_merge_warn(tmp_path, caplog):
+    _touch_images(tmp_path / "images", ["a.jpg"])
+    with pytest.raises(DatasetError, match="names: 'Car' / 'car' is ids 0 and 1"):
+        load_dataset_config(_write_yaml(tmp_path / "case.yaml", {"train": "images", "names": ["Car", "car"]}))
+    caplog.set_level("WARNING", logger="smartcash")
+    config = load_dataset_config(_write_yaml(tmp_path / "alias.yaml", {"train": "images", "names": ["100", "100000"]}))
+    assert config.class_index[0] == config.class_index[1]
+    assert "classes ['100', '100000'] are all names of 100000_whole: they train as one class" in caplog.text

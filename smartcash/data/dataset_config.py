@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from smartcash.data.errors import DatasetError, not_utf8
-from smartcash.taxonomy import Taxonomy, load_taxonomy
+from smartcash.taxonomy import Taxonomy, load_taxonomy, name_key
 from smartcash.yaml_unique import UniqueKeyLoader
 
 logger = logging.getLogger(__name__)
@@ -108,10 +108,26 @@ def is_inside(path: Path, folders: set[Path]) -> bool:
     return path in folders or any(parent in folders for parent in path.parents)
 
 
+def _files_under(folder: Path) -> list[Path]:
+    """Every file under ``folder``, entering linked subfolders (as YOLOv5's recursive glob does;
+    ``Path.rglob`` does not before Python 3.13), each real folder once (a link loop ends there)."""
+    found: list[Path] = []
+    visited: set[str] = set()
+    for directory, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in visited:
+            subfolders[:] = []
+            continue
+        visited.add(real)
+        subfolders.sort()
+        found.extend(Path(directory) / name for name in files)
+    return found
+
+
 def _images_in(source: Path) -> list[Path]:
     if source.is_dir():
         images, outputs = [], set()
-        for path in source.rglob("*"):  # one walk: the images and predict's output folders
+        for path in _files_under(source):  # one walk: the images and predict's output folders
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
                 images.append(path)
             elif path.name == PREDICT_RESULTS_FILE and path.is_file():
@@ -123,7 +139,7 @@ def _images_in(source: Path) -> list[Path]:
         return [p for p in images if not is_inside(p.parent, outputs)] if outputs else images
     if source.suffix.lower() == ".txt":  # a list file: one image path a line, relative to the list
         try:
-            lines = source.read_text(encoding="utf-8").splitlines()
+            lines = source.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not part of a path
         except UnicodeDecodeError as error:
             raise DatasetError(f"{source}: {not_utf8(error)}") from error
         paths = [Path(line.strip()) for line in lines if line.strip()]
@@ -136,6 +152,12 @@ def _resolve(entry: str, root: Path, yaml_dir: Path) -> Path | None:
     path = Path(os.path.expanduser(entry))
     direct = path if path.is_absolute() else root / path
     if direct.exists():
+        inside = yaml_dir.joinpath(*[p for p in path.parts if p not in ("..", ".")])
+        if ".." in path.parts and inside.exists() and not is_inside(_absolute(direct), {_absolute(yaml_dir)}):
+            # Roboflow writes `../train/images`: with another dataset in the parent folder, that one is read.
+            logger.warning("%s: %s resolves to %s, outside the yaml's folder, while %s exists inside it; using the "
+                           "first (as YOLOv5 reads it): write `%s` in the yaml for the other",
+                           yaml_dir, entry, _absolute(direct), inside, inside.relative_to(yaml_dir).as_posix())
         return _absolute(direct)
     # An export made elsewhere: keep the longest trailing part that exists here. At least two
     # components (`train/images`), so `.../test/images` never falls back to a bare `images/`.
@@ -211,12 +233,15 @@ def _names(data: dict[str, Any], where: str) -> tuple[str, ...]:
 
 
 def duplicate_names(names: Sequence[str]) -> str:
-    """'' when every name differs, else the first repeated one and its ids, e.g. "'cat' is ids 0 and 2"."""
+    """'' when every name differs, else the first repeated one and its ids, e.g. "'cat' is ids 0 and 2".
+    Names compare as class names do everywhere (case and spacing ignored): `Car` and `car` repeat."""
     first: dict[str, int] = {}
     for index, name in enumerate(names):
-        if name in first:
-            return f"{name!r} is ids {first[name]} and {index}"
-        first[name] = index
+        key = name_key(name)
+        if key in first:
+            shown = repr(name) if names[first[key]] == name else f"{names[first[key]]!r} / {name!r}"
+            return f"{shown} is ids {first[key]} and {index}"
+        first[key] = index
     return ""
 
 
@@ -229,6 +254,14 @@ def _class_mapping(names: tuple[str, ...], class_map: dict[str, str], taxonomy: 
     ids = [taxonomy.lookup(target) for target in targets]
     unmapped = [name for name, i in zip(names, ids) if i is None]
     if not unmapped:
+        merged: dict[int, list[str]] = {}
+        for name, i in zip(names, ids):
+            if name not in class_map:  # a class_map that joins classes says so itself
+                merged.setdefault(int(i), []).append(name)
+        for i, joined in merged.items():
+            if len(joined) > 1:
+                logger.warning("%s: classes %s are all names of %s: they train as one class (map them apart "
+                               "with a class_map, or rename them, if they differ)", where, joined, taxonomy.names[i])
         return taxonomy, tuple(int(i) for i in ids if i is not None)
     if len(unmapped) == len(names) and not class_map:
         return Taxonomy.identity(names), tuple(range(len(names)))
