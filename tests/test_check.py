@@ -1,5 +1,7 @@
 """Dataset checks and the checker CLI: every bad-input kind gives its reason; nothing crashes."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -208,7 +210,10 @@ def test_a_label_two_images_read_is_reported_and_counted_once(tmp_path):
     (problem,) = split.problems
     assert problem.kind == checks.SHARED_LABEL and problem.path.endswith("labels/note.txt")
     assert "note.jpg, note.png all take its boxes" in problem.reason
-    assert split.num_labels == 2 and len(split.samples) == 3  # both images still train
+    # Right for one image at most, and which is unknown: neither trains (training warned of nothing
+    # while the checker failed the dataset), the other image does.
+    assert split.num_labels == 2 and [Path(s.image).name for s in split.samples] == ["other.jpg"]
+    assert split.num_skipped == 2
 
 
 def test_predict_output_inside_val_is_left_out_and_warned(tmp_path, capsys):

@@ -1,9 +1,10 @@
 """Scan a dataset split (every image and label) into good samples and a list of problems.
 
 Shared by the checker CLI (``python -m smartcash.data.check``) and training (through the label
-cache). A sample is skipped when its image is unusable or any of its label lines is bad: training
-on it with that object missing would teach the model the object is background. Duplicate rows
-are only dropped (the sample stays) but still reported.
+cache). A sample is skipped when its image is unusable, any of its label lines is bad (training
+on it with that object missing would teach the model the object is background) or its label file
+is read by another image too (``x.jpg`` and ``x.png``: right for one of them at most). Duplicate
+rows are only dropped (the sample stays) but still reported.
 """
 
 from __future__ import annotations
@@ -169,11 +170,14 @@ def scan_split(config: DatasetConfig, split: str, workers: int | None = None) ->
     with ThreadPoolExecutor(max_workers=workers or default_scan_threads()) as pool:
         results = list(pool.map(lambda pair: _check_one(pair[0], pair[1], num_classes),
                                 zip(images, labels)))
-    samples = tuple(sample for sample, _, _ in results if sample is not None)
     problems = [p for _, found, _ in results for p in found]
     has_label = [found for _, _, found in results]
     problems.extend(_orphan_labels(config, split, images))
-    problems.extend(_shared_labels(images, labels, has_label))
+    shared = _shared_labels(images, labels, has_label)
+    problems.extend(shared)
+    # A label several images read is right for one at most: none of them trains (as the checker fails it).
+    shared_files = {problem.path for problem in shared}
+    samples = tuple(sample for sample, _, _ in results if sample is not None and sample.label not in shared_files)
     return SplitReport(split=split, samples=samples, problems=tuple(problems), num_images=len(images),
                        num_labels=len({label for label, found in zip(labels, has_label) if found}))
 
