@@ -287,6 +287,10 @@ def test_class_names_given_twice_are_refused(tmp_path: Path) -> None:
     json_path.write_text(json.dumps(data))
     with pytest.raises(import_coco.DatasetError, match="categories: ids 2 and 9 are both named '100'"):
         import_coco.import_coco(json_path, images, tmp_path / "o")
+    data["categories"][-1]["name"] = "L2_100"  # case differs from id 5's "l2_100": still one name
+    json_path.write_text(json.dumps(data))
+    with pytest.raises(import_coco.DatasetError, match="categories: ids 5 and 9 are both named 'L2_100'"):
+        import_coco.import_coco(json_path, images, tmp_path / "o")
     (tmp_path / "d.yaml").write_text("train: images\nnames: [cat, dog, cat]\n")
     with pytest.raises(import_coco.DatasetError, match="names: 'cat' is ids 0 and 2: each class needs its own name"):
         load_dataset_config(tmp_path / "d.yaml")

@@ -120,7 +120,7 @@ def _orphan_labels(config: DatasetConfig, split: str, images: list[Path]) -> lis
                     " add the image or delete the label)", LABEL_WITHOUT_IMAGE) for p in orphans]
 
 
-def _shared_labels(images: list[Path], labels: list[Path], has_label: list[bool]) -> list[Problem]:
+def shared_labels(images: list[Path], labels: list[Path], has_label: list[bool]) -> list[Problem]:
     """Label files that several images of the split read (``x.jpg`` and ``x.png`` both read
     ``x.txt``): each image gets its boxes, which is right for at most one of them."""
     readers: dict[Path, list[str]] = {}
@@ -173,7 +173,7 @@ def scan_split(config: DatasetConfig, split: str, workers: int | None = None) ->
     problems = [p for _, found, _ in results for p in found]
     has_label = [found for _, _, found in results]
     problems.extend(_orphan_labels(config, split, images))
-    shared = _shared_labels(images, labels, has_label)
+    shared = shared_labels(images, labels, has_label)
     problems.extend(shared)
     # A label several images read is right for one at most: none of them trains (as the checker fails it).
     shared_files = {problem.path for problem in shared}

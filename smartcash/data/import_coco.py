@@ -32,6 +32,7 @@ from smartcash.data.errors import DatasetError, not_utf8
 from smartcash.data.yolo_writer import (ImportProblem, ImportSummary, TransferMode, YoloLayoutWriter,
                                         check_output_folder, check_split_name, declared_size_problem, flat_name,
                                         pixel_box_to_yolo)
+from smartcash.taxonomy import name_key
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +78,12 @@ def category_names(json_path: Path, categories: list[Any]) -> tuple[tuple[str, .
             raise DatasetError(f"{json_path}: categories[{position}]: id {category_id} used twice")
         entries[category_id] = name
     ordered = sorted(entries)
-    named: dict[str, int] = {}
+    named: dict[str, int] = {}  # by name_key: names compare without case, as everywhere
     for category_id in ordered:
-        if entries[category_id] in named:
-            raise DatasetError(f"{json_path}: categories: ids {named[entries[category_id]]} and {category_id} are "
-                               f"both named {entries[category_id]!r}; each class needs its own name")
-        named[entries[category_id]] = category_id
+        first = named.setdefault(name_key(entries[category_id]), category_id)
+        if first != category_id:
+            raise DatasetError(f"{json_path}: categories: ids {first} and {category_id} are both named "
+                               f"{entries[category_id]!r}; each class needs its own name")
     class_of = {category_id: index for index, category_id in enumerate(ordered)}
     return tuple(entries[i] for i in ordered), class_of
 

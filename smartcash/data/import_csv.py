@@ -177,8 +177,9 @@ def import_csv(csv_path: Path, images_dir: Path, out_dir: Path, names: Sequence[
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: --images folder not found")
     check_split_name(split)
-    if names and duplicate_names([str(n) for n in names]):
-        raise DatasetError(f"--names: {duplicate_names([str(n) for n in names])}: each class needs its own name")
+    repeated = duplicate_names([str(n) for n in names or ()])
+    if repeated:
+        raise DatasetError(f"--names: {repeated}: each class needs its own name")
     check_output_folder(out_dir)
     boxes, problems = read_csv(csv_path, images_dir, names)
     if not boxes:

@@ -25,6 +25,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from smartcash.data.checks import shared_labels
 from smartcash.data.dataset_config import IMAGE_SUFFIXES, duplicate_names, load_dataset_config
 from smartcash.cli import write_into_folder
 from smartcash.data.errors import DatasetError
@@ -206,14 +207,10 @@ def split_dataset(images_dir: Path, labels_dir: Path, out_dir: Path,
                                " names; pass --names or --data with the dataset's class names)")
         bad_lines += len(parsed.problems)
         strata[key] = image_stratum(parsed.boxes, class_index, taxonomy)
-    readers: dict[Path, list[str]] = {}
-    for key, label in labels.items():
-        if label is not None:
-            readers.setdefault(label, []).append(key)
-    shared = next((item for item in sorted(readers.items()) if len(item[1]) > 1), None)
-    if shared is not None:  # the copies would each get the boxes, and the checker could no longer tell
-        raise DatasetError(f"{shared[0]}: label of several images ({', '.join(shared[1])} all take its boxes; "
-                           "rename or remove the duplicate image; nothing was written)")
+    keys = list(labels)
+    shared = shared_labels(images, [labels[k] or Path() for k in keys], [labels[k] is not None for k in keys])
+    if shared:  # the copies would each get the boxes, and the checker could no longer tell
+        raise DatasetError(f"{shared[0].path}: {shared[0].reason} (nothing was written)")
     if all(label is None for label in labels.values()):
         raise DatasetError(f"{labels_dir}: no label file for any of the {len(images)} images (looked for"
                            f" {labels_dir / Path(next(iter(labels))).with_suffix('.txt')} ...); is --labels the"
