@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smartcash.data.dataset_config import IMAGE_SUFFIXES, is_inside, predict_output_folders
+from smartcash.data.dataset_config import (IMAGE_SUFFIXES, is_image_file, is_inside, is_unread_image,
+                                          predict_output_folders, warn_left_out)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ def find_images(source: str | os.PathLike[str], save_dir: Path | None = None) ->
     if save_dir is not None:
         outputs.add(save_dir.resolve())
     images, drawn = [], 0
-    for candidate in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    files = sorted(path.rglob("*"))
+    warn_left_out(path, [p for p in files if is_unread_image(p)])
+    for candidate in (p for p in files if is_image_file(p)):
         if is_inside(candidate.parent.resolve(), outputs):
             drawn += 1
         else:

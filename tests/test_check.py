@@ -229,3 +229,47 @@ def test_predict_output_inside_val_is_left_out_and_warned(tmp_path, capsys):
     assert report.ok and len(report.warnings) == 1 and str(drawn) in report.warnings[0]
     assert check.main(["--data", str(data)]) == 0
     assert "clean" not in capsys.readouterr().out
+
+
+def test_macos_metadata_files_are_left_out_with_one_warning(tmp_path, caplog):
+    """A folder copied from a Mac carries ``._x.jpg`` / ``._x.txt`` beside each file: not images, not labels."""
+    for name in ("a", "b"):
+        _jpeg(tmp_path / "images" / f"{name}.jpg")
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        (tmp_path / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+        (tmp_path / "images" / f"._{name}.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(80))
+        (tmp_path / "labels" / f"._{name}.txt").write_bytes(b"\x00\x05\x16\x07" + bytes(80))
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "images", "val": "images", "names": ["a"]}))
+    report = check_dataset(tmp_path / "d.yaml", splits=("train",))
+    assert report.ok and [Path(s.image).name for s in report.splits[0].samples] == ["a.jpg", "b.jpg"]
+    assert [r.getMessage() for r in caplog.records if "macOS metadata" in r.getMessage()] == [
+        f"{tmp_path / 'images'}: left out 2 macOS metadata files (._a.jpg ...: not images); delete them with "
+        f"`find {tmp_path / 'images'} -name '._*' -delete`"]
+
+
+def test_an_image_in_a_format_not_read_is_named_with_its_label(tmp_path, caplog):
+    """A .gif or .heic beside the .jpg files was dropped without a word; its label then read as an orphan
+    with "add the image": now the warning names the format and the checker names the image."""
+    _jpeg(tmp_path / "images" / "a.jpg")
+    (tmp_path / "images" / "b.gif").write_bytes(b"GIF89a" + bytes(20))
+    (tmp_path / "labels").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "images", "val": "images", "names": ["a"]}))
+    report = check_dataset(tmp_path / "d.yaml", splits=("train",))
+    (problem,) = report.splits[0].problems
+    assert problem.path == str(tmp_path / "labels" / "b.txt") and problem.kind == checks.LABEL_WITHOUT_IMAGE
+    assert f"its image {tmp_path / 'images' / 'b.gif'} is a .gif file" in problem.reason
+    assert any("left out 1 images in formats SmartCash does not read (.gif: 1" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_jfif_is_a_jpeg(tmp_path):
+    """Windows saves JPEGs from browsers as .jfif: read like any .jpg."""
+    _jpeg(tmp_path / "images" / "a.jpg").rename(tmp_path / "images" / "a.jfif")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "images", "val": "images", "names": ["a"]}))
+    report = check_dataset(tmp_path / "d.yaml", splits=("train",))
+    assert report.ok and len(report.splits[0].samples) == 1
+    assert read_image(tmp_path / "images" / "a.jfif").shape == (30, 40, 3)

@@ -209,3 +209,29 @@ def test_two_images_that_share_a_label_file_are_refused(tmp_path: Path, capsys: 
     assert f"{key}.txt: label of several images ({first.stem}.jpg, {first.stem}.png all take its boxes" in error
     assert "(nothing was written)" in error
     assert not out.exists()
+
+
+def test_macos_metadata_and_unread_formats_are_left_out_with_a_warning(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """split copied ``._x.png`` into the new dataset as an image (the checker then refused it) and
+    dropped a .heic without a word."""
+    images, labels = _make_dataset(tmp_path / "source", per_denomination=3)
+    (images / "._note0_1.png").write_bytes(b"\x00\x05\x16\x07" + bytes(40))
+    (images / "photo.heic").write_bytes(bytes(40))
+    result = splitter.split_dataset(images, labels, tmp_path / "out", RATIOS, seed=0)
+    assert sum(result.plan.counts().values()) == 7 * 3 + 3
+    assert not list((tmp_path / "out").rglob("._*"))
+    messages = " | ".join(r.getMessage() for r in caplog.records)
+    assert "left out 1 macOS metadata files (._note0_1.png" in messages
+    assert "left out 1 images in formats SmartCash does not read (.heic: 1" in messages
+
+
+def test_predict_source_folder_leaves_out_metadata_and_unread_formats(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from smartcash.prediction_source import find_images
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "._a.jpg").write_bytes(bytes(40))
+    (tmp_path / "b.avif").write_bytes(bytes(40))
+    assert find_images(tmp_path) == [tmp_path / "a.jpg"]
+    assert "(.avif: 1; e.g." in " | ".join(r.getMessage() for r in caplog.records)

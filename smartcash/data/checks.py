@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smartcash.data.dataset_config import (PREDICT_RESULTS_FILE, DatasetConfig, load_dataset_config,
-                                           predict_output_folders)
+from smartcash.data.dataset_config import (APPLE_METADATA_PREFIX, PREDICT_RESULTS_FILE, DatasetConfig,
+                                           is_unread_image, load_dataset_config, predict_output_folders)
 from smartcash.data.errors import DatasetError
 from smartcash.data.images import probe_image
 from smartcash.data.labels import DUPLICATE, LabelProblem, parse_label_file
@@ -115,9 +115,21 @@ def _orphan_labels(config: DatasetConfig, split: str, images: list[Path]) -> lis
     folders = {config.label_path(image).parent for image in images
                if any(image.is_relative_to(folder) for folder in folders_in)}
     orphans = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.txt")
-                     if p not in expected and p.name not in _IGNORED_LABEL_FILES)
-    return [Problem(str(p), 0, f"{LABEL_WITHOUT_IMAGE} (no image with this stem in the split;"
-                    " add the image or delete the label)", LABEL_WITHOUT_IMAGE) for p in orphans]
+                     if p not in expected and p.name not in _IGNORED_LABEL_FILES
+                     and not p.name.startswith(APPLE_METADATA_PREFIX))
+    if not orphans:
+        return []
+    # The usual cause: the image is there in a format SmartCash does not read (.gif, .heic ...).
+    unread = {config.label_path(p): p for folder in folders_in for p in folder.rglob("*") if is_unread_image(p)}
+    return [Problem(str(p), 0, f"{LABEL_WITHOUT_IMAGE} ({_why_no_image(unread.get(p))})", LABEL_WITHOUT_IMAGE)
+            for p in orphans]
+
+
+def _why_no_image(unread: Path | None) -> str:
+    if unread is None:
+        return "no image with this stem in the split; add the image or delete the label"
+    return (f"its image {unread} is a {unread.suffix.lower()} file, a format SmartCash does not read; convert it "
+            "to .jpg or .png")
 
 
 def shared_labels(images: list[Path], labels: list[Path], has_label: list[bool]) -> list[Problem]:

@@ -26,7 +26,13 @@ from smartcash.yaml_unique import UniqueKeyLoader
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".mpo", ".dng"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".mpo",
+                            ".dng"})
+#: Image formats found in exports and photo folders that SmartCash does not decode: left out with a
+#: warning (and named by the checker), never silently.
+UNREAD_IMAGE_SUFFIXES = frozenset({".gif", ".heic", ".heif", ".avif", ".jp2", ".svg"})
+#: macOS copies to non-Apple disks and zips carry a ``._name`` metadata file beside each file: never an image.
+APPLE_METADATA_PREFIX = "._"
 SPLITS = ("train", "val", "test")
 _SPLIT_KEYS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 #: What ``smartcash.predict`` writes into its save folder: a folder holding it is a predict output
@@ -124,14 +130,48 @@ def _files_under(folder: Path) -> list[Path]:
     return found
 
 
+def is_image_file(path: Path) -> bool:
+    """True for a file SmartCash reads as an image: an image suffix, not macOS metadata (``._x.jpg``)."""
+    return (path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(APPLE_METADATA_PREFIX)
+            and path.is_file())
+
+
+def warn_left_out(folder: Path, files: list[Path]) -> None:
+    """One warning for the files under ``folder`` that look like images but are not read: macOS
+    metadata files and formats SmartCash does not decode."""
+    files = sorted(files)
+    metadata = [p for p in files if p.name.startswith(APPLE_METADATA_PREFIX)]
+    if metadata:
+        logger.warning("%s: left out %d macOS metadata files (%s ...: not images); delete them with "
+                       "`find %s -name '._*' -delete`", folder, len(metadata), metadata[0].name, folder)
+    unread = [p for p in files if not p.name.startswith(APPLE_METADATA_PREFIX)]
+    if unread:
+        counts: dict[str, int] = {}
+        for path in unread:
+            counts[path.suffix.lower()] = counts.get(path.suffix.lower(), 0) + 1
+        kinds = ", ".join(f"{suffix}: {n}" for suffix, n in sorted(counts.items()))
+        logger.warning("%s: left out %d images in formats SmartCash does not read (%s; e.g. %s); convert them "
+                       "to .jpg or .png", folder, len(unread), kinds, unread[0])
+
+
+def is_unread_image(path: Path) -> bool:
+    """A file that looks like an image but is not read (see ``warn_left_out``)."""
+    suffix = path.suffix.lower()
+    metadata = suffix in IMAGE_SUFFIXES and path.name.startswith(APPLE_METADATA_PREFIX)
+    return (suffix in UNREAD_IMAGE_SUFFIXES or metadata) and path.is_file()
+
+
 def _images_in(source: Path) -> list[Path]:
     if source.is_dir():
-        images, outputs = [], set()
+        images, outputs, left_out = [], set(), []
         for path in _files_under(source):  # one walk: the images and predict's output folders
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if is_image_file(path):
                 images.append(path)
             elif path.name == PREDICT_RESULTS_FILE and path.is_file():
                 outputs.add(path.parent)
+            elif is_unread_image(path):
+                left_out.append(path)
+        warn_left_out(source, left_out)
         for folder in sorted(outputs):
             # `--save-dir` inside the dataset: its drawn copies would count as unlabelled backgrounds.
             logger.warning("%s: left out of the dataset, a smartcash.predict output (it holds %s); move it out "

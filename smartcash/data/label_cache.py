@@ -22,8 +22,8 @@ from smartcash.data.dataset_config import DatasetConfig
 logger = logging.getLogger(__name__)
 
 #: Bump when the scan's rules or this file's layout change: old caches are then rescanned.
-CACHE_VERSION = 3  # 2: OpenCV-unreadable formats are bad images; a UTF-8 BOM is allowed; 3: images sharing
-# a label file are skipped
+CACHE_VERSION = 4  # 2: OpenCV-unreadable formats are bad images; a UTF-8 BOM is allowed; 3: images sharing
+# a label file are skipped; 4: .jfif / .jpe read, macOS ._* files left out, orphan labels name an unread image
 
 
 def _stat(path: Path) -> tuple[str, int, int]:

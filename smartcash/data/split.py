@@ -26,7 +26,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from smartcash.data.checks import shared_labels
-from smartcash.data.dataset_config import IMAGE_SUFFIXES, duplicate_names, load_dataset_config
+from smartcash.data.dataset_config import (IMAGE_SUFFIXES, duplicate_names, is_image_file, is_unread_image,
+                                          load_dataset_config, warn_left_out)
 from smartcash.cli import write_into_folder
 from smartcash.data.errors import DatasetError
 from smartcash.data.labels import BAD_CLASS, parse_label_file
@@ -187,7 +188,9 @@ def split_dataset(images_dir: Path, labels_dir: Path, out_dir: Path,
         raise DatasetError(f"--seed {seed}: must be an integer from 0 to 2**63 - 1 (nothing was written)")
     source_names, class_index, taxonomy, extra = _class_mapping(names, data)
 
-    images = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(images_dir.rglob("*"))
+    warn_left_out(images_dir, [p for p in files if is_unread_image(p)])
+    images = [p for p in files if is_image_file(p)]
     if not images:
         raise DatasetError(f"{images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     strata: dict[str, str] = {}
