@@ -168,7 +168,7 @@ def output_file(flag: str, path: str | os.PathLike[str], inputs: Iterable[str | 
 
 def _protected_kind(path: Path) -> str | None:
     """What the existing file ``path`` is when no output may replace it (None: it may be replaced)."""
-    from smartcash.data.dataset_config import IMAGE_SUFFIXES
+    from smartcash.data.image_files import IMAGE_SUFFIXES
 
     if looks_like_checkpoint(path):
         return "a checkpoint"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smartcash.cli import MAX_FOLDER_NAME_BYTES, is_plain_folder_name
-from smartcash.data.dataset_config import PREDICT_RESULTS_FILE as RESULTS_JSON
+from smartcash.data.image_files import PREDICT_RESULTS_FILE as RESULTS_JSON
 from smartcash.prediction_source import ArgumentsError, check_source, decoding_batches, drawn_path, find_images
 
 if TYPE_CHECKING:

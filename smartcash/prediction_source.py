@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smartcash.data.dataset_config import (IMAGE_SUFFIXES, is_image_file, is_inside, is_unread_image,
-                                          predict_output_folders, warn_left_out)
+from smartcash.data.image_files import (IMAGE_SUFFIXES, is_image_file, is_inside, is_unread_image,
+                                       predict_output_folders, warn_left_out)
 
 logger = logging.getLogger(__name__)
 

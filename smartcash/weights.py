@@ -15,7 +15,6 @@ import argparse
 import io
 import logging
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 

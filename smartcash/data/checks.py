@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from smartcash.data.dataset_config import (APPLE_METADATA_PREFIX, PREDICT_RESULTS_FILE, DatasetConfig,
-                                           is_unread_image, load_dataset_config, predict_output_folders)
+from smartcash.data.dataset_config import DatasetConfig, load_dataset_config
+from smartcash.data.image_files import (APPLE_METADATA_PREFIX, PREDICT_RESULTS_FILE, is_unread_image,
+                                        predict_output_folders)
 from smartcash.data.errors import DatasetError
 from smartcash.data.images import probe_image
 from smartcash.data.labels import DUPLICATE, LabelProblem, parse_label_file

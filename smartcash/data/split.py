@@ -26,8 +26,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from smartcash.data.checks import shared_labels
-from smartcash.data.dataset_config import (IMAGE_SUFFIXES, duplicate_names, is_image_file, is_unread_image,
-                                          load_dataset_config, warn_left_out)
+from smartcash.data.dataset_config import duplicate_names, load_dataset_config
+from smartcash.data.image_files import IMAGE_SUFFIXES, is_image_file, is_unread_image, warn_left_out
 from smartcash.cli import write_into_folder
 from smartcash.data.errors import DatasetError
 from smartcash.data.labels import BAD_CLASS, parse_label_file

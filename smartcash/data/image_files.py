@@ -1,0 +1,96 @@
+"""Which files under a folder are images: the suffixes SmartCash reads, the ones it leaves out with a
+warning, and the folders it never reads images from (``smartcash.predict`` outputs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".mpo",
+                            ".dng"})
+#: Image formats found in exports and photo folders that SmartCash does not decode: left out with a
+#: warning (and named by the checker), never silently.
+UNREAD_IMAGE_SUFFIXES = frozenset({".gif", ".heic", ".heif", ".avif", ".jp2", ".svg"})
+#: macOS copies to non-Apple disks and zips carry a ``._name`` metadata file beside each file: never an image.
+APPLE_METADATA_PREFIX = "._"
+#: What ``smartcash.predict`` writes into its save folder: a folder holding it is a predict output
+#: (drawn copies of images), whose images are never dataset images nor predict sources.
+PREDICT_RESULTS_FILE = "predictions.json"
+
+
+def predict_output_folders(folder: Path) -> list[Path]:
+    """The folders under ``folder`` (itself included) that hold ``smartcash.predict``'s results file, sorted."""
+    return sorted(path.parent for path in folder.rglob(PREDICT_RESULTS_FILE) if path.is_file())
+
+
+def is_inside(path: Path, folders: set[Path]) -> bool:
+    """True when ``path`` is one of ``folders`` or lies under one of them (paths compared as given)."""
+    return path in folders or any(parent in folders for parent in path.parents)
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every file under ``folder``, entering linked subfolders (as YOLOv5's recursive glob does;
+    ``Path.rglob`` does not before Python 3.13), each real folder once (a link loop ends there)."""
+    found: list[Path] = []
+    visited: set[str] = set()
+    for directory, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in visited:
+            subfolders[:] = []
+            continue
+        visited.add(real)
+        subfolders.sort()
+        found.extend(Path(directory) / name for name in files)
+    return found
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a file SmartCash reads as an image: an image suffix, not macOS metadata (``._x.jpg``)."""
+    return (path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(APPLE_METADATA_PREFIX)
+            and path.is_file())
+
+
+def warn_left_out(folder: Path, files: list[Path]) -> None:
+    """One warning for the files under ``folder`` that look like images but are not read: macOS
+    metadata files and formats SmartCash does not decode."""
+    files = sorted(files)
+    metadata = [p for p in files if p.name.startswith(APPLE_METADATA_PREFIX)]
+    if metadata:
+        logger.warning("%s: left out %d macOS metadata files (%s ...: not images); delete them with "
+                       "`find %s -name '._*' -delete`", folder, len(metadata), metadata[0].name, folder)
+    unread = [p for p in files if not p.name.startswith(APPLE_METADATA_PREFIX)]
+    if unread:
+        counts: dict[str, int] = {}
+        for path in unread:
+            counts[path.suffix.lower()] = counts.get(path.suffix.lower(), 0) + 1
+        kinds = ", ".join(f"{suffix}: {n}" for suffix, n in sorted(counts.items()))
+        logger.warning("%s: left out %d images in formats SmartCash does not read (%s; e.g. %s); convert them "
+                       "to .jpg or .png", folder, len(unread), kinds, unread[0])
+
+
+def is_unread_image(path: Path) -> bool:
+    """A file that looks like an image but is not read (see ``warn_left_out``)."""
+    suffix = path.suffix.lower()
+    metadata = suffix in IMAGE_SUFFIXES and path.name.startswith(APPLE_METADATA_PREFIX)
+    return (suffix in UNREAD_IMAGE_SUFFIXES or metadata) and path.is_file()
+
+
+def dataset_images_under(folder: Path) -> list[Path]:
+    """The images under ``folder`` (linked subfolders too), less a ``smartcash.predict`` output inside
+    it (its drawn copies would count as unlabelled backgrounds); what is left out gets a warning."""
+    images, outputs, left_out = [], set(), []
+    for path in _files_under(folder):  # one walk: the images and predict's output folders
+        if is_image_file(path):
+            images.append(path)
+        elif path.name == PREDICT_RESULTS_FILE and path.is_file():
+            outputs.add(path.parent)
+        elif is_unread_image(path):
+            left_out.append(path)
+    warn_left_out(folder, left_out)
+    for output in sorted(outputs):
+        logger.warning("%s: left out of the dataset, a smartcash.predict output (it holds %s); move it out "
+                       "of the dataset", output, PREDICT_RESULTS_FILE)
+    return [p for p in images if not is_inside(p.parent, outputs)] if outputs else images
