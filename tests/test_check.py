@@ -242,6 +242,7 @@ def test_macos_metadata_files_are_left_out_with_one_warning(tmp_path, caplog):
     (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "images", "val": "images", "names": ["a"]}))
     report = check_dataset(tmp_path / "d.yaml", splits=("train",))
     assert report.ok and [Path(s.image).name for s in report.splits[0].samples] == ["a.jpg", "b.jpg"]
+    load_dataset_config(tmp_path / "d.yaml").images("train")  # listed again, as a training run does: no repeat
     assert [r.getMessage() for r in caplog.records if "macOS metadata" in r.getMessage()] == [
         f"{tmp_path / 'images'}: left out 2 macOS metadata files (._a.jpg ...: not images); delete them with "
         f"`find {tmp_path / 'images'} -name '._*' -delete`"]

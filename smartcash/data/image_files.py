@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+_warned: set[str] = set()  # a split's files are listed several times a run: each warning is given once
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".mpo",
                             ".dng"})
@@ -59,16 +60,22 @@ def warn_left_out(folder: Path, files: list[Path]) -> None:
     files = sorted(files)
     metadata = [p for p in files if p.name.startswith(APPLE_METADATA_PREFIX)]
     if metadata:
-        logger.warning("%s: left out %d macOS metadata files (%s ...: not images); delete them with "
-                       "`find %s -name '._*' -delete`", folder, len(metadata), metadata[0].name, folder)
+        _warn_once(f"{folder}: left out {len(metadata)} macOS metadata files ({metadata[0].name} ...: not images); "
+                   f"delete them with `find {folder} -name '._*' -delete`")
     unread = [p for p in files if not p.name.startswith(APPLE_METADATA_PREFIX)]
     if unread:
         counts: dict[str, int] = {}
         for path in unread:
             counts[path.suffix.lower()] = counts.get(path.suffix.lower(), 0) + 1
         kinds = ", ".join(f"{suffix}: {n}" for suffix, n in sorted(counts.items()))
-        logger.warning("%s: left out %d images in formats SmartCash does not read (%s; e.g. %s); convert them "
-                       "to .jpg or .png", folder, len(unread), kinds, unread[0])
+        _warn_once(f"{folder}: left out {len(unread)} images in formats SmartCash does not read ({kinds}; e.g. "
+                   f"{unread[0]}); convert them to .jpg or .png")
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
 
 
 def is_unread_image(path: Path) -> bool:
@@ -91,6 +98,6 @@ def dataset_images_under(folder: Path) -> list[Path]:
             left_out.append(path)
     warn_left_out(folder, left_out)
     for output in sorted(outputs):
-        logger.warning("%s: left out of the dataset, a smartcash.predict output (it holds %s); move it out "
-                       "of the dataset", output, PREDICT_RESULTS_FILE)
+        _warn_once(f"{output}: left out of the dataset, a smartcash.predict output (it holds {PREDICT_RESULTS_FILE}); "
+                   "move it out of the dataset")
     return [p for p in images if not is_inside(p.parent, outputs)] if outputs else images
