@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from smartcash.data.image_files import (IMAGE_SUFFIXES, is_image_file, is_inside, is_unread_image,
-                                       predict_output_folders, warn_left_out)
+from smartcash.data.image_files import IMAGE_SUFFIXES, images_in_tree, is_inside, predict_output_folders
 
 logger = logging.getLogger(__name__)
 
 #: Suffixes cv2.imwrite writes back as they are; drawn images of other formats become ``name.jpg``.
-_WRITABLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+_WRITABLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 _VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv"})
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -64,9 +63,7 @@ def find_images(source: str | os.PathLike[str], save_dir: Path | None = None) ->
     if save_dir is not None:
         outputs.add(save_dir.resolve())
     images, drawn = [], 0
-    files = sorted(path.rglob("*"))
-    warn_left_out(path, [p for p in files if is_unread_image(p)])
-    for candidate in (p for p in files if is_image_file(p)):
+    for candidate in images_in_tree(path):
         if is_inside(candidate.parent.resolve(), outputs):
             drawn += 1
         else:

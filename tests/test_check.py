@@ -245,7 +245,7 @@ def test_macos_metadata_files_are_left_out_with_one_warning(tmp_path, caplog):
     load_dataset_config(tmp_path / "d.yaml").images("train")  # listed again, as a training run does: no repeat
     assert [r.getMessage() for r in caplog.records if "macOS metadata" in r.getMessage()] == [
         f"{tmp_path / 'images'}: left out 2 macOS metadata files (._a.jpg ...: not images); delete them with "
-        f"`find {tmp_path / 'images'} -name '._*' -delete`"]
+        f"`find -L {tmp_path / 'images'} -name '._*' -delete`"]
 
 
 def test_an_image_in_a_format_not_read_is_named_with_its_label(tmp_path, caplog):
@@ -261,7 +261,7 @@ def test_an_image_in_a_format_not_read_is_named_with_its_label(tmp_path, caplog)
     (problem,) = report.splits[0].problems
     assert problem.path == str(tmp_path / "labels" / "b.txt") and problem.kind == checks.LABEL_WITHOUT_IMAGE
     assert f"its image {tmp_path / 'images' / 'b.gif'} is a .gif file" in problem.reason
-    assert any("left out 1 images in formats SmartCash does not read (.gif: 1" in r.getMessage()
+    assert any("left out 1 image in formats SmartCash does not read (.gif: 1" in r.getMessage()
                for r in caplog.records)
 
 
@@ -274,3 +274,30 @@ def test_jfif_is_a_jpeg(tmp_path):
     report = check_dataset(tmp_path / "d.yaml", splits=("train",))
     assert report.ok and len(report.splits[0].samples) == 1
     assert read_image(tmp_path / "images" / "a.jfif").shape == (30, 40, 3)
+
+
+def test_left_out_files_of_a_list_file_and_of_a_linked_folder(tmp_path, caplog):
+    """A list file naming ``._a.jpg`` gave an unreadable image and a label of binary junk; an unread image in
+    a linked subfolder left its label reading "add the image"; a folder with a space broke the find hint."""
+    root = tmp_path / "my data"
+    _jpeg(root / "images" / "a.jpg")
+    (root / "images" / "._a.jpg").write_bytes(bytes(40))
+    (root / "labels").mkdir(parents=True)
+    (root / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "labels" / "._a.txt").write_bytes(bytes(40))
+    (root / "train.txt").write_text("images/a.jpg\nimages/._a.jpg\n")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "b.heic").write_bytes(bytes(40))
+    _jpeg(store / "c.jpg")
+    (root / "images" / "linked").symlink_to(store, target_is_directory=True)
+    (root / "labels" / "linked").mkdir()
+    (root / "labels" / "linked" / "b.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "d.yaml").write_text(yaml.safe_dump({"train": "train.txt", "val": "images", "names": ["a"]}))
+    train, val = check_dataset(root / "d.yaml").splits
+    assert not train.problems and [Path(s.image).name for s in train.samples] == ["a.jpg"]
+    (problem,) = val.problems
+    assert f"its image {root / 'images' / 'linked' / 'b.heic'} is a .heic file" in problem.reason
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"{root / 'train.txt'}: left out 1 macOS metadata file (._a.jpg ...: not images); take them out of the list" in messages
+    assert any(f"delete them with `find -L '{root / 'images'}' -name '._*' -delete`" in m for m in messages)

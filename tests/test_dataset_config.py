@@ -192,7 +192,7 @@ def test_predict_output_inside_a_split_is_left_out_with_one_warning_per_folder(t
     (tmp_path / "images" / "val" / "more" / "predictions.csv").write_text("")  # only the json marks an output
     config = load_dataset_config(_write_yaml(tmp_path / "data.yaml", {"train": "images/val", "val": "images/val",
                                                                        "names": ["001"]}))
-    caplog.set_level("WARNING", logger="smartcash.data.dataset_config")
+    caplog.set_level("WARNING", logger="smartcash.data.image_files")
     assert config.images("val") == [*originals, tmp_path / "images" / "val" / "more" / "d.jpg"]
     (warning,) = [record.getMessage() for record in caplog.records]
     assert warning.startswith(f"{drawn}: left out of the dataset, a smartcash.predict output")

@@ -222,8 +222,8 @@ def test_macos_metadata_and_unread_formats_are_left_out_with_a_warning(tmp_path:
     assert sum(result.plan.counts().values()) == 7 * 3 + 3
     assert not list((tmp_path / "out").rglob("._*"))
     messages = " | ".join(r.getMessage() for r in caplog.records)
-    assert "left out 1 macOS metadata files (._note0_1.png" in messages
-    assert "left out 1 images in formats SmartCash does not read (.heic: 1" in messages
+    assert "left out 1 macOS metadata file (._note0_1.png" in messages
+    assert "left out 1 image in formats SmartCash does not read (.heic: 1" in messages
 
 
 def test_predict_source_folder_leaves_out_metadata_and_unread_formats(tmp_path: Path,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from smartcash.data.dataset_config import DatasetConfig, load_dataset_config
-from smartcash.data.image_files import (APPLE_METADATA_PREFIX, PREDICT_RESULTS_FILE, is_unread_image,
+from smartcash.data.image_files import (APPLE_METADATA_PREFIX, PREDICT_RESULTS_FILE, files_under, is_unread_image,
                                         predict_output_folders)
 from smartcash.data.errors import DatasetError
 from smartcash.data.images import probe_image
@@ -121,7 +121,7 @@ def _orphan_labels(config: DatasetConfig, split: str, images: list[Path]) -> lis
     if not orphans:
         return []
     # The usual cause: the image is there in a format SmartCash does not read (.gif, .heic ...).
-    unread = {config.label_path(p): p for folder in folders_in for p in folder.rglob("*") if is_unread_image(p)}
+    unread = {config.label_path(p): p for folder in folders_in for p in files_under(folder) if is_unread_image(p)}
     return [Problem(str(p), 0, f"{LABEL_WITHOUT_IMAGE} ({_why_no_image(unread.get(p))})", LABEL_WITHOUT_IMAGE)
             for p in orphans]
 

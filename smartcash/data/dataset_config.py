@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from smartcash.data.errors import DatasetError, not_utf8
-from smartcash.data.image_files import dataset_images_under, is_inside
+from smartcash.data.image_files import dataset_images_under, is_inside, without_unread
 from smartcash.taxonomy import Taxonomy, load_taxonomy, name_key
 from smartcash.yaml_unique import UniqueKeyLoader
 
@@ -104,7 +104,7 @@ def _images_in(source: Path) -> list[Path]:
         except UnicodeDecodeError as error:
             raise DatasetError(f"{source}: {not_utf8(error)}") from error
         paths = [Path(line.strip()) for line in lines if line.strip()]
-        return [p if p.is_absolute() else (source.parent / p) for p in paths]
+        return without_unread([p if p.is_absolute() else (source.parent / p) for p in paths], source)
     return [source]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+from collections import Counter
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ def is_inside(path: Path, folders: set[Path]) -> bool:
     return path in folders or any(parent in folders for parent in path.parents)
 
 
-def _files_under(folder: Path) -> list[Path]:
+def files_under(folder: Path) -> list[Path]:
     """Every file under ``folder``, entering linked subfolders (as YOLOv5's recursive glob does;
     ``Path.rglob`` does not before Python 3.13), each real folder once (a link loop ends there)."""
     found: list[Path] = []
@@ -55,21 +57,24 @@ def is_image_file(path: Path) -> bool:
 
 
 def warn_left_out(folder: Path, files: list[Path]) -> None:
-    """One warning for the files under ``folder`` that look like images but are not read: macOS
-    metadata files and formats SmartCash does not decode."""
+    """One warning for the files under ``folder`` (or named by the list file ``folder``) that look like
+    images but are not read: macOS metadata files and formats SmartCash does not decode."""
     files = sorted(files)
     metadata = [p for p in files if p.name.startswith(APPLE_METADATA_PREFIX)]
     if metadata:
-        _warn_once(f"{folder}: left out {len(metadata)} macOS metadata files ({metadata[0].name} ...: not images); "
-                   f"delete them with `find {folder} -name '._*' -delete`")
+        fix = (f"delete them with `find -L {shlex.quote(str(folder))} -name '._*' -delete`" if folder.is_dir()
+               else "take them out of the list")
+        _warn_once(f"{folder}: left out {_count(len(metadata), 'macOS metadata file')} ({metadata[0].name} ...: "
+                   f"not images); {fix}")
     unread = [p for p in files if not p.name.startswith(APPLE_METADATA_PREFIX)]
     if unread:
-        counts: dict[str, int] = {}
-        for path in unread:
-            counts[path.suffix.lower()] = counts.get(path.suffix.lower(), 0) + 1
-        kinds = ", ".join(f"{suffix}: {n}" for suffix, n in sorted(counts.items()))
-        _warn_once(f"{folder}: left out {len(unread)} images in formats SmartCash does not read ({kinds}; e.g. "
-                   f"{unread[0]}); convert them to .jpg or .png")
+        kinds = ", ".join(f"{suffix}: {n}" for suffix, n in sorted(Counter(p.suffix.lower() for p in unread).items()))
+        _warn_once(f"{folder}: left out {_count(len(unread), 'image')} in formats SmartCash does not read ({kinds}; "
+                   f"e.g. {unread[0]}); convert them to .jpg or .png")
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}" + ("" if number == 1 else "s")
 
 
 def _warn_once(message: str) -> None:
@@ -85,11 +90,26 @@ def is_unread_image(path: Path) -> bool:
     return (suffix in UNREAD_IMAGE_SUFFIXES or metadata) and path.is_file()
 
 
+def images_in_tree(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (``rglob``: linked subfolders are not entered), sorted; what is
+    left out gets a warning."""
+    files = sorted(folder.rglob("*"))
+    warn_left_out(folder, [p for p in files if is_unread_image(p)])
+    return [p for p in files if is_image_file(p)]
+
+
+def without_unread(listed: list[Path], source: Path) -> list[Path]:
+    """``listed`` (a list file's entries) less the files that are not read, with a warning."""
+    left_out = {p for p in listed if is_unread_image(p)}
+    warn_left_out(source, list(left_out))
+    return [p for p in listed if p not in left_out] if left_out else listed
+
+
 def dataset_images_under(folder: Path) -> list[Path]:
     """The images under ``folder`` (linked subfolders too), less a ``smartcash.predict`` output inside
     it (its drawn copies would count as unlabelled backgrounds); what is left out gets a warning."""
     images, outputs, left_out = [], set(), []
-    for path in _files_under(folder):  # one walk: the images and predict's output folders
+    for path in files_under(folder):  # one walk: the images and predict's output folders
         if is_image_file(path):
             images.append(path)
         elif path.name == PREDICT_RESULTS_FILE and path.is_file():

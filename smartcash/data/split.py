@@ -27,7 +27,7 @@ import numpy as np
 
 from smartcash.data.checks import shared_labels
 from smartcash.data.dataset_config import duplicate_names, load_dataset_config
-from smartcash.data.image_files import IMAGE_SUFFIXES, is_image_file, is_unread_image, warn_left_out
+from smartcash.data.image_files import IMAGE_SUFFIXES, images_in_tree
 from smartcash.cli import write_into_folder
 from smartcash.data.errors import DatasetError
 from smartcash.data.labels import BAD_CLASS, parse_label_file
@@ -188,9 +188,7 @@ def split_dataset(images_dir: Path, labels_dir: Path, out_dir: Path,
         raise DatasetError(f"--seed {seed}: must be an integer from 0 to 2**63 - 1 (nothing was written)")
     source_names, class_index, taxonomy, extra = _class_mapping(names, data)
 
-    files = sorted(images_dir.rglob("*"))
-    warn_left_out(images_dir, [p for p in files if is_unread_image(p)])
-    images = [p for p in files if is_image_file(p)]
+    images = images_in_tree(images_dir)
     if not images:
         raise DatasetError(f"{images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     strata: dict[str, str] = {}
