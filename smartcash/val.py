@@ -114,6 +114,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
                                plain_folder_name)
 
     input_file("--weights", args.weights)
+    if args.data:
+        input_file("--data", args.data)  # missing: a wrong input (exit 2); a broken dataset: exit 1, as training
     plain_folder_name("--name", args.name)
     at_least("--batch", args.batch, 1)
     at_least("--workers", args.workers, 0)
@@ -161,7 +163,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Evaluation:
     ``python -m smartcash.val`` (nothing printed, nothing written).
 
     Raises:
-        UsageError: bad flags, missing weights, a bad dataset or other classes (the CLI's exit 2).
+        UsageError: bad flags, missing weights or dataset yaml, other classes (the CLI's exit 2).
+        DatasetError: a dataset that cannot be evaluated: a bad yaml, a split not found or without a
+            usable image (exit 1, as training reports it).
         CheckpointError: the weights file is no SmartCash checkpoint, or an unreadable one (exit 1).
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -187,7 +191,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> Evaluation:
         _check_class_names(data, dataset.taxonomy.names, taxonomy.names, args.weights)
         loader = build_dataloader(dataset, args.split, checkpoint_imgsz(checkpoint, args.imgsz), args.batch,
                                   workers=args.workers)
-    except (ConfigError, DatasetError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError) as error:
         raise UsageError(str(error)) from error
     imgsz = loader.dataset.imgsz  # the size used: the dataset rounds --imgsz up to a multiple of 32
     if dataset.taxonomy.num_classes != model.num_classes:
@@ -234,9 +238,9 @@ def validate(**flags: Any) -> Any:
         losses, ``.fitness``.
 
     Raises:
-        TypeError: an unknown keyword. UsageError (ValueError): bad flags, missing weights or a bad
-        dataset. CheckpointError (RuntimeError): an unreadable checkpoint. OSError: a plot or the
-        JSON could not be written.
+        TypeError: an unknown keyword. UsageError (ValueError): bad flags, missing weights or dataset
+        yaml. DatasetError (ValueError): a dataset that cannot be evaluated. CheckpointError
+        (RuntimeError): an unreadable checkpoint. OSError: a plot or the JSON could not be written.
     """
     from smartcash.cli import parse_keywords
 
@@ -251,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from smartcash.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, print_error
+    from smartcash.data.errors import DatasetError
     from smartcash.model.training.checkpoint import CheckpointError
 
     try:
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print_error(error)
         return EXIT_USAGE
-    except CheckpointError as error:  # the file is there but unreadable: as training, exit 1
+    except (CheckpointError, DatasetError) as error:  # there but unreadable or broken: as training, exit 1
         print_error(error)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -242,3 +242,22 @@ def test_an_input_size_past_the_largest_is_bad_usage(weights, good_data, tmp_pat
     assert "--imgsz 1000000: must be in [32, 4096]" in one_error_line(capsys.readouterr().err)
     assert export_main(["--weights", str(weights), "--output", str(tmp_path / "x.onnx"), "--imgsz", "8192"]) == 2
     assert "must be in [32, 4096]" in one_error_line(capsys.readouterr().err)
+
+
+def test_val_reports_a_broken_dataset_as_training_does(weights, good_data, tmp_path, capsys) -> None:
+    """val exited 2 (bad usage) where train exits 1 (bad data) for the same dataset yaml; a --data file
+    that is not there stays a wrong input (2)."""
+    data = copy_dataset(good_data, tmp_path / "ds")
+    config = yaml.safe_load(data.read_text())
+    flags = ["--weights", str(weights), "--device", "cpu", "--no-plots", "--workers", "0"]
+    missing_split = data.with_name("missing_split.yaml")
+    missing_split.write_text(yaml.safe_dump({**config, "val": "images/nowhere"}))
+    empty = data.parent / "empty"
+    empty.mkdir()
+    no_images = data.with_name("no_images.yaml")
+    no_images.write_text(yaml.safe_dump({**config, "val": "empty"}))
+    for yaml_file, reason in ((missing_split, "val split not found"), (no_images, "val split has no usable images")):
+        assert val_main([*flags, "--data", str(yaml_file)]) == 1
+        assert reason in one_error_line(capsys.readouterr().err)
+    assert val_main([*flags, "--data", str(tmp_path / "nowhere.yaml")]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"error: --data {tmp_path / 'nowhere.yaml'}: no such file"
