@@ -301,3 +301,16 @@ def test_left_out_files_of_a_list_file_and_of_a_linked_folder(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert f"{root / 'train.txt'}: left out 1 macOS metadata file (._a.jpg ...: not images); take them out of the list" in messages
     assert any(f"delete them with `find -L '{root / 'images'}' -name '._*' -delete`" in m for m in messages)
+
+
+def test_a_split_of_unread_formats_only_says_why_it_has_no_images(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "photos").mkdir(exist_ok=True)
+        (tmp_path / "photos" / f"{name}.heic").write_bytes(bytes(40))
+    (tmp_path / "photos" / "._a.heic").write_bytes(bytes(40))
+    (tmp_path / "photos" / "._c.jpg").write_bytes(bytes(40))
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({"train": "photos", "val": "photos", "names": ["a"]}))
+    report = check_dataset(tmp_path / "d.yaml", splits=("train",))
+    (problem,) = report.problems
+    assert problem.reason == ("train split has no images (in photos); left out, as SmartCash does not read them: 4 files "
+                              "(._*: 2, .heic: 2); convert them to .jpg or .png")

@@ -126,6 +126,17 @@ def _orphan_labels(config: DatasetConfig, split: str, images: list[Path]) -> lis
             for p in orphans]
 
 
+def _left_out_note(sources: tuple[Path, ...]) -> str:
+    """``; left out: N (.heic: N ...)`` for the files under ``sources`` that look like images but are not read."""
+    left_out = [p for source in sources if source.is_dir() for p in files_under(source) if is_unread_image(p)]
+    if not left_out:
+        return ""
+    kinds = Counter(APPLE_METADATA_PREFIX + "*" if p.name.startswith(APPLE_METADATA_PREFIX) else p.suffix.lower()
+                    for p in left_out)
+    listed = ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items()))
+    return f"; left out, as SmartCash does not read them: {len(left_out)} files ({listed}); convert them to .jpg or .png"
+
+
 def _why_no_image(unread: Path | None) -> str:
     if unread is None:
         return "no image with this stem in the split; add the image or delete the label"
@@ -239,8 +250,9 @@ def check_dataset(data: str | os.PathLike[str], splits: tuple[str, ...] | None =
         warnings.extend(f"{split}: {folder} left out: a smartcash.predict output (it holds {PREDICT_RESULTS_FILE}) "
                         "inside the dataset; move it out" for folder in _predict_outputs(config, split))
         if not report.num_images:  # training refuses a split with no images: so does the checker
-            entries = ", ".join(config.split_sources(split).entries)
-            config_problems.append(Problem(str(config.path), 0, f"{split} split has no images (in {entries})",
+            sources = config.split_sources(split)
+            config_problems.append(Problem(str(config.path), 0, f"{split} split has no images (in "
+                                           f"{', '.join(sources.entries)}){_left_out_note(sources.sources)}",
                                            CONFIG_PROBLEM))
             continue
         no_boxes = no_boxes_reason(config, report)
