@@ -84,14 +84,14 @@ def _resolve_data(argument: str | None, checkpoint: dict[str, Any], weights: str
     """``--data``, else the dataset the checkpoint trained on; the synthetic set only when that was
     the built-in one (regenerated if its cache was cleared) or the checkpoint names none."""
     from smartcash.cli import UsageError
-    from smartcash.data.synthetic import default_cache_dir, ensure_synthetic_dataset
+    from smartcash.data.synthetic import ensure_synthetic_dataset, is_builtin_synthetic
 
     if argument:
         return Path(argument)
     saved = (checkpoint.get("config") or {}).get("data")
     if saved and Path(saved).is_file():
         return Path(saved)
-    if saved and Path(saved).resolve().parent.parent != default_cache_dir().resolve():
+    if saved and not is_builtin_synthetic(saved):
         raise UsageError(f"{weights} was trained on {saved}, which no longer exists; pass --data with "
                          "that dataset's yaml (the built-in synthetic set would give other numbers)")
     return ensure_synthetic_dataset()

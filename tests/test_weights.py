@@ -416,3 +416,34 @@ def test_nothing_fits_is_an_error(tmp_path, yolov5_release) -> None:
     path, _ = yolov5_release
     with pytest.raises(WeightsError, match="none of its 349 tensors fit this model's weights"):
         load_pretrained(build_model("yolov5s", NUM_CLASSES), path)
+
+
+def test_a_backbone_learnt_on_the_builtin_synthetic_notes_is_named_when_auto_freezes_it(tmp_path, monkeypatch,
+                                                                                        caplog) -> None:
+    """Frozen (auto's finetune), a backbone from the built-in synthetic set learnt far less on the VND
+    photographs than every layer training from it (README "Learning", transfer): the run says so."""
+    from smartcash.data.synthetic import dataset_dir_name
+    from smartcash.model.training.checkpoint import save_checkpoint
+    from smartcash.model.training.recipe import warn_synthetic_backbone
+
+    monkeypatch.setenv("SMARTCASH_CACHE", str(tmp_path / "cache"))
+    synthetic = tmp_path / "cache" / dataset_dir_name(0, 300, 100, 320) / "data.yaml"
+    source = build_model("yolov5n", 5)
+    state = source.state_dict()
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"model_name": "yolov5n", "num_classes": 5, "anchors": source.detect.anchors,
+                           "model": state, "ema": state, "taxonomy": {"fine_classes": []}, "epoch": 9,
+                           "config": {"data": str(synthetic)}})
+    report = load_pretrained(build_model("yolov5n", NUM_CLASSES), path)
+    assert report.trained_on == str(synthetic)
+    photos = tmp_path / "photos" / "data.yaml"
+    warn_synthetic_backbone(report.trained_on, photos, str(path))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"--weights {path} learnt on SmartCash's built-in synthetic notes ({synthetic})")
+    assert warning.endswith("pass --recipe scratch for that")
+    caplog.clear()
+    warn_synthetic_backbone(report.trained_on, synthetic, str(path))  # synthetic again: finetune is fine
+    other = tmp_path / "cache" / "large-objects-v1-seed0-train500-val120" / "data.yaml"
+    warn_synthetic_backbone(str(other), photos, str(path))  # another set in the cache folder
+    warn_synthetic_backbone("", photos, str(path))  # not a SmartCash checkpoint
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

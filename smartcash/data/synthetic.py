@@ -180,6 +180,12 @@ def default_cache_dir() -> Path:
     return cache_root()
 
 
+def is_builtin_synthetic(data_yaml: str | os.PathLike[str]) -> bool:
+    """True for the data.yaml of a built-in synthetic dataset (generated into the cache folder)."""
+    folder = Path(data_yaml).resolve().parent
+    return folder.parent == default_cache_dir().resolve() and folder.name.startswith("synthetic-")
+
+
 def dataset_dir_name(seed: int, num_train: int, num_val: int, imgsz: int) -> str:
     return f"synthetic-{VERSION}-seed{seed}-train{num_train}-val{num_val}-{imgsz}px"
 

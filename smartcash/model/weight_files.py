@@ -17,7 +17,7 @@ import re
 import sys
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class WeightsFile:
         pickled_globals: classes the pickle named (none were imported), for a pickled model.
         module_types: module path -> pickled class (``model.9.cv1.act`` -> ``...SiLU``), for a
             pickled model.
+        trained_on: a SmartCash checkpoint's dataset yaml (its ``config.data``), else "".
     """
 
     format: str
@@ -64,6 +65,7 @@ class WeightsFile:
     keys: tuple[str, ...] = ()
     pickled_globals: tuple[str, ...] = ()
     module_types: dict[str, str] = field(default_factory=dict)
+    trained_on: str = ""
 
 
 def read_weights(path: str | os.PathLike[str]) -> WeightsFile:
@@ -111,7 +113,10 @@ def read_weights(path: str | os.PathLike[str]) -> WeightsFile:
         raise WeightsError(f"{path}: not a weights file torch can read ({_first_line(error)})") from error
     source, key = _select_weights(payload, path)
     keys = tuple(str(name) for name in payload) if key and isinstance(payload, Mapping) else ()
-    return _finish(path, _describe(payload, key), source, key, pickled_globals, keys)
+    weights = _finish(path, _describe(payload, key), source, key, pickled_globals, keys)
+    config = payload.get("config") if weights.format == "SmartCash checkpoint" else None
+    data = config.get("data") if isinstance(config, Mapping) else None
+    return replace(weights, trained_on=data) if isinstance(data, str) else weights
 
 
 def _first_line(error: BaseException) -> str:

@@ -45,6 +45,7 @@ class LoadReport:
     missing: tuple[str, ...]  # our names nothing was loaded into
     format: str = ""  # what the file was (``WeightsFile.format``)
     notes: tuple[str, ...] = ()  # loaded, but computes differently from the source model
+    trained_on: str = ""  # a SmartCash checkpoint's dataset yaml (``WeightsFile.trained_on``)
 
     @property
     def loaded_count(self) -> int:
@@ -161,7 +162,7 @@ def plan_load(model: nn.Module, weights: WeightsFile) -> tuple[dict[str, Tensor]
     accepted, skipped = match_tensors(ours, weights.tensors, {name for name, _ in model.named_parameters()})
     report = LoadReport(loaded=tuple(accepted), skipped=tuple(skipped),
                         missing=tuple(name for name in ours if name not in accepted),
-                        format=weights.format, notes=_notes(model, weights, accepted))
+                        format=weights.format, notes=_notes(model, weights, accepted), trained_on=weights.trained_on)
     return accepted, report
 
 

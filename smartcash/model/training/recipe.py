@@ -11,11 +11,15 @@ saves in ``args.yaml`` and the checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from smartcash.config import LOSS_PARTS, ConfigError, loss_gains_problem, read_yaml
+
+logger = logging.getLogger(__name__)
 
 RECIPE_DIR = Path(__file__).resolve().parents[3] / "configs" / "recipes"
 RECIPE_NAMES = ("finetune", "scratch")
@@ -210,6 +214,19 @@ def choose_recipe(requested: str, phase: int, pretrained_backbone: bool,
     return RecipeChoice(load_recipe("scratch"),
                         "auto: no pretrained backbone was loaded (random weights have nothing to keep), "
                         "so every layer trains from the start")
+
+
+def warn_synthetic_backbone(trained_on: str, data: str | os.PathLike[str], weights: str | None) -> None:
+    """``auto`` keeps a loaded backbone frozen. One learnt on the built-in synthetic notes does not
+    carry over to other data frozen (measured on the VND photographs: README "Learning", transfer),
+    while every layer training from it does: say so when that is the starting point."""
+    from smartcash.data.synthetic import is_builtin_synthetic
+
+    if trained_on and is_builtin_synthetic(trained_on) and not is_builtin_synthetic(data):
+        logger.warning("--weights %s learnt on SmartCash's built-in synthetic notes (%s): auto keeps that backbone "
+                       "frozen (recipe finetune), which learnt far less on photographs than training every layer "
+                       "from the same weights (README \"Learning\", transfer); pass --recipe scratch for that",
+                       weights, trained_on)
 
 
 def resumed_recipe(saved: dict[str, Any]) -> RecipeChoice:

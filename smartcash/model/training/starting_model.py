@@ -29,6 +29,7 @@ class StartingModel:
 
     model: nn.Module
     pretrained_backbone: bool
+    backbone_trained_on: str = ""  # the dataset yaml of the SmartCash checkpoint --weights came from
 
 
 def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, train_dataset: YoloDataset,
@@ -39,11 +40,12 @@ def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, t
     if start.state is None:
         model = build_model(config.model, taxonomy.num_classes)
         loaded: tuple[str, ...] = ()
+        trained_on = ""
         if config.weights:
             from smartcash.model.weights import load_pretrained
 
             report = load_pretrained(model, config.weights)
-            loaded = report.loaded
+            loaded, trained_on = report.loaded, report.trained_on
             logger.info("pretrained %s: loaded %d tensors, skipped %d, %d of ours not loaded",
                         config.weights, report.loaded_count, report.skipped_count, len(report.missing))
         if config.autoanchor:
@@ -55,7 +57,7 @@ def build_detector(config: TrainConfig, taxonomy: Taxonomy, start: StartPoint, t
             check_anchors(model, dataset_box_sizes(train_dataset, config.imgsz), config.imgsz, seed=config.seed,
                           refit="low-recall" if head_loaded else "always")
         pretrained = any(name.startswith("backbone.") and name.endswith("running_var") for name in loaded)
-        return StartingModel(model.to(device), pretrained)
+        return StartingModel(model.to(device), pretrained, trained_on if pretrained else "")
     state, path = start.state, start.path
     saved_names = tuple(c["name"] for c in state.get("taxonomy", {}).get("fine_classes", []))
     if saved_names and saved_names != taxonomy.names:

@@ -45,7 +45,7 @@ from smartcash.model.training.core.validation_executor import (ValidationExecuto
                                                                 ValidationSettings)
 from smartcash.model.training.phases import enter_phase
 from smartcash.model.training.precision import training_precision
-from smartcash.model.training.recipe import PhaseRecipe, choose_recipe, resumed_recipe
+from smartcash.model.training.recipe import PhaseRecipe, choose_recipe, resumed_recipe, warn_synthetic_backbone
 from smartcash.model.training.records import ResultsWriter
 from smartcash.model.training.reports import RunReports
 from smartcash.model.training.run_data import build_data, build_precise_bn
@@ -223,6 +223,8 @@ class Trainer:
         else:
             self.recipe = choose_recipe(config.recipe, config.phase, starting.pretrained_backbone, previous)
         phase_recipe = self.recipe.recipe.phase(config.phase)
+        if config.recipe == "auto" and phase_recipe.freeze_backbone:
+            warn_synthetic_backbone(starting.backbone_trained_on, self.train_loader.dataset.config.path, config.weights)
         logger.info("recipe %s (%s): %s", self.recipe.recipe.name, self.recipe.reason,
                     ", ".join(f"{key} {value}" for key, value in phase_recipe.to_dict().items()))
         if (start.state is None and phase_recipe.freeze_backbone and not starting.pretrained_backbone):
