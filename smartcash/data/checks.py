@@ -19,7 +19,7 @@ import numpy as np
 
 from smartcash.data.dataset_config import DatasetConfig, load_dataset_config
 from smartcash.data.image_files import (APPLE_METADATA_PREFIX, PREDICT_RESULTS_FILE, files_under, is_unread_image,
-                                        predict_output_folders)
+                                        left_out_kinds, predict_output_folders)
 from smartcash.data.errors import DatasetError
 from smartcash.data.images import probe_image
 from smartcash.data.labels import DUPLICATE, LabelProblem, parse_label_file
@@ -131,10 +131,8 @@ def _left_out_note(sources: tuple[Path, ...]) -> str:
     left_out = [p for source in sources if source.is_dir() for p in files_under(source) if is_unread_image(p)]
     if not left_out:
         return ""
-    kinds = Counter(APPLE_METADATA_PREFIX + "*" if p.name.startswith(APPLE_METADATA_PREFIX) else p.suffix.lower()
-                    for p in left_out)
-    listed = ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items()))
-    return f"; left out, as SmartCash does not read them: {len(left_out)} files ({listed}); convert them to .jpg or .png"
+    return (f"; left out, as SmartCash does not read them: {len(left_out)} files ({left_out_kinds(left_out)}); "
+            "convert them to .jpg or .png")
 
 
 def _why_no_image(unread: Path | None) -> str:

@@ -68,9 +68,16 @@ def warn_left_out(folder: Path, files: list[Path]) -> None:
                    f"not images); {fix}")
     unread = [p for p in files if not p.name.startswith(APPLE_METADATA_PREFIX)]
     if unread:
-        kinds = ", ".join(f"{suffix}: {n}" for suffix, n in sorted(Counter(p.suffix.lower() for p in unread).items()))
-        _warn_once(f"{folder}: left out {_count(len(unread), 'image')} in formats SmartCash does not read ({kinds}; "
+        _warn_once(f"{folder}: left out {_count(len(unread), 'image')} in formats SmartCash does not read "
+                   f"({left_out_kinds(unread)}; "
                    f"e.g. {unread[0]}); convert them to .jpg or .png")
+
+
+def left_out_kinds(files: list[Path]) -> str:
+    """``._*: 2, .heic: 3``: left-out files counted by kind (macOS metadata, else the suffix)."""
+    kinds = Counter(APPLE_METADATA_PREFIX + "*" if p.name.startswith(APPLE_METADATA_PREFIX) else p.suffix.lower()
+                    for p in files)
+    return ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items()))
 
 
 def _count(number: int, thing: str) -> str:
