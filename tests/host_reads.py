@@ -6,7 +6,9 @@ is a ``TorchFunctionMode`` that counts those calls per line of SmartCash code (t
 torchvision's own internals are not SmartCash's to change), so a test on the CPU can fail when
 a read appears once per batch instead of once per report interval. Syncs that come from
 data-dependent shapes (boolean masks in the loss's target assignment, NMS) are not counted: they
-are inherent to YOLO training and validation and ultralytics has the same.
+are inherent to YOLO training and validation and ultralytics has the same. Nor are the reads of
+the loader's collate (``_HOST_ONLY``): it stacks host tensors made from numpy arrays, in a worker
+process when the loader has workers, before ``Batch.to`` moves anything to the device.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 _READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"}
 _OURS = "/smartcash/"
+_HOST_ONLY = {"stack_channels_first"}  # functions that only ever see host tensors
 
 
 class HostReads(TorchFunctionMode):
@@ -27,8 +30,9 @@ class HostReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__name__", "") in _READS:
-            caller = sys._getframe(1).f_code.co_filename
-            if _OURS in caller:
+            code = sys._getframe(1).f_code
+            caller = code.co_filename
+            if _OURS in caller and code.co_name not in _HOST_ONLY:
                 line = sys._getframe(1).f_lineno
                 self.per_line[f"{caller.split(_OURS)[-1]}:{line} {func.__name__}"] += 1
         return func(*args, **(kwargs or {}))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from smartcash.data import label_cache
 from smartcash.data.augment import affine_matrix, warp_boxes, AugmentConfig, Augmenter
-from smartcash.data.dataset import Batch, YoloDataset, collate_batch
+from smartcash.data.dataset import Batch, YoloDataset, collate_batch, stack_channels_first
 from smartcash.data.dataset_config import load_dataset_config
 from smartcash.data.labels import parse_label_file
 from smartcash.data.loader import build_dataloader
@@ -74,6 +74,23 @@ def test_vnd_subset_end_to_end_through_the_loader(vnd):
     assert moved.images.dtype == torch.float32
     torch.testing.assert_close(moved.images * 255, batch.images.float(), rtol=0, atol=1e-4)
     assert moved.to("cpu").images.dtype == torch.float32  # moving a moved batch keeps it
+
+
+def test_channels_first_stack_is_torch_stack(vnd):
+    """The batch OpenCV's split assembles holds exactly torch.stack's bytes, for augmented items
+    (views of channel-last pixels) and for inputs it must hand to torch.stack."""
+    dataset = YoloDataset(vnd, "train", 160, augment=True, seed=3)
+    images = [dataset[i].image for i in range(6)]
+    assert not images[0].is_contiguous()  # the (3, S, S) view collate meets
+    stacked = stack_channels_first(images)
+    assert stacked.is_contiguous() and torch.equal(stacked, torch.stack(images))
+    rng = np.random.default_rng(0)
+    pixels = [torch.from_numpy(rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)).permute(2, 0, 1) for _ in range(3)]
+    assert torch.equal(stack_channels_first(pixels), torch.stack(pixels))  # odd sizes, random bytes
+    contiguous = [torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8) for _ in range(2)]  # not HWC views
+    assert torch.equal(stack_channels_first(contiguous), torch.stack(contiguous))
+    with pytest.raises(RuntimeError):  # different sizes fail as torch.stack does
+        stack_channels_first([pixels[0], images[0]])
 
 
 def test_letterbox_pads_non_square_images_and_maps_classes(wide):

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -215,10 +216,34 @@ class YoloDataset(Dataset):
                            (int(original[0]), int(original[1])), tuple(float(v) for v in box_info))
 
 
-def collate_batch(items: list[DatasetItem]) -> Batch:
+def stack_channels_first(images: list[Tensor], out: Tensor | None = None) -> Tensor:
+    """(3, S, S) uint8 views of HWC pixels (``DatasetItem.image``) -> one (B, 3, S, S) tensor
+    (written into ``out`` when given: a contiguous uint8 tensor of that shape).
+
+    OpenCV's ``split`` writes each image's three planes straight into the batch: the same bytes
+    as ``torch.stack``, whose strided copy of channel-last pixels costs several times more (a
+    loader worker's largest cost after the augmentation itself).
+    """
+    first = images[0] if images else None
+    if first is None or first.dtype != torch.uint8 or first.dim() != 3 or first.shape[0] != 3 or any(
+            image.shape != first.shape or not image.permute(1, 2, 0).is_contiguous() for image in images):
+        return torch.stack(images, out=out)
+    batch = torch.empty((len(images), *first.shape), dtype=torch.uint8) if out is None else out
+    planes = batch.numpy()
+    for index, image in enumerate(images):
+        targets = list(planes[index])
+        written = cv2.split(image.permute(1, 2, 0).numpy(), targets)
+        for target, plane in zip(targets, written):
+            if plane.ctypes.data != target.ctypes.data:  # OpenCV made its own planes: copy them in
+                target[...] = plane
+    return batch
+
+
+def collate_batch(items: list[DatasetItem], images: Tensor | None = None) -> Batch:
     """Stack items into a Batch (uint8 images: ``Batch.to`` makes them floats); targets get their
-    image index as column 0."""
-    images = torch.stack([item.image for item in items])  # (B, 3, S, S) uint8
+    image index as column 0. ``images``: the batch's images when the caller has stacked them."""
+    if images is None:
+        images = stack_channels_first([item.image for item in items])  # (B, 3, S, S) uint8
     targets = torch.cat([torch.cat([torch.full((len(item.targets), 1), float(i)), item.targets], dim=1)
                          for i, item in enumerate(items)]) if items else torch.zeros((0, 6))
     return Batch(images=images, targets=targets.reshape(-1, 6), paths=[item.path for item in items],

@@ -1,4 +1,5 @@
-"""build_dataloader: YoloDataset + collate_batch in a seeded, optionally distributed DataLoader."""
+"""build_dataloader: YoloDataset + collate_batch (through a BatchRing with workers) in a seeded,
+optionally distributed DataLoader."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, SequentialSampler
 
 from smartcash.data.augment import AugmentConfig
-from smartcash.data.dataset import YoloDataset, collate_batch
+from smartcash.data.batch_ring import ring_collate
+from smartcash.data.dataset import YoloDataset
 from smartcash.data.dataset_config import DatasetConfig
 from smartcash.data.sampling import EpochSampler
 
@@ -61,8 +63,10 @@ def build_dataloader(config: DatasetConfig, split: str, imgsz: int, batch_size: 
         sampler = DistributedSampler(dataset, shuffle=False, seed=seed)
     else:
         sampler = SequentialSampler(dataset)
+    # Workers stack each batch's images into shared memory reused all run (batch_ring.py).
+    collate = ring_collate(workers, batch_size, dataset.imgsz)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_batch, pin_memory=torch.cuda.is_available(),
+                      collate_fn=collate, pin_memory=torch.cuda.is_available(),
                       persistent_workers=persistent_workers and workers > 0, drop_last=False)
 
 
