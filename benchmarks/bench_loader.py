@@ -6,7 +6,9 @@ alone on batches already in memory, and against ultralytics' training loader on 
     python -m benchmarks.bench_loader [--quick] [--device cpu|cuda] [--data synthetic|vnd|DATA.yaml]
                                       [--cache none ram disk]
 
-Rows (images/s over one pass of the train split, median of --repeats passes after a warm-up pass):
+Rows (images/s over one pass of the train split, median of --repeats passes after a warm-up pass;
+for the persistent loaders timed alone also the CPU milliseconds per image of this process and its
+workers together, a steadier figure than images/s where other jobs share the machine):
 - ``smartcash loader``: ``build_dataloader(augment=True, shuffle=True)`` iterated, each Batch
   moved to the device and nothing else: read + decode + mosaic/affine/colour/blur + letterbox +
   collate (float [0, 1]). ``persistent`` keeps its workers between passes, as the Trainer does
@@ -91,6 +93,30 @@ class TrainerPasses:
         self.epoch += 1
         self.batches = self.start_epoch(self.loader, self.epoch)
         return images
+
+
+def process_tree_cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its live child processes (loader workers)."""
+    import psutil  # ultralytics' dependency: there wherever this benchmark runs
+
+    total = 0.0
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def timed_with_cpu(function: Any, repeats: int) -> tuple[tuple[Any, int], float]:
+    """``time_call`` of a persistent loader's passes, and the CPU milliseconds per image they took in
+    this process and its workers: on a machine other jobs load, a steadier figure than images/s."""
+    function()  # warm-up: the workers start, the first pass is made
+    before = process_tree_cpu_s()
+    timing, images = time_call(function, repeats=repeats, warmup=0)
+    return (timing, images), (process_tree_cpu_s() - before) * 1e3 / (images * repeats)
 
 
 def ultralytics_pass(loader: Any, device: str) -> int:
@@ -197,10 +223,11 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
     if not args.quick:
         functions["smartcash loader, no augmentation, workers=0"] = one_pass(smartcash_loader(0, augment=False))
     loaders = time_interleaved(functions, repeats=repeats)
+    cpu_ms: dict[str, float] = {}  # CPU per image, this process and its workers, on the rows timed alone
     for name, passes in pipelined.items():
         # Timed alone, as ultralytics' loaders below: the next epoch's first batches are made
         # between two passes, which would otherwise be inside another row's timing.
-        loaders[name] = time_call(passes, repeats=repeats)
+        loaders[name], cpu_ms[name] = timed_with_cpu(passes, repeats)
     with workloads.ultralytics_session(torch.get_num_threads()):
         peers = [(0, "none"), (2, "none")] + [(2, mode) for mode in args.cache if mode != "none"]
         for workers, cache in peers:
@@ -209,7 +236,7 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
             loader = ultralytics_loader(data, workers, cache)
             name = f"ultralytics loader, workers={workers}, persistent"
             name += f", cache={cache}" if cache != "none" else ""
-            loaders[name] = time_call(lambda: ultralytics_pass(loader, device), repeats=repeats)
+            loaders[name], cpu_ms[name] = timed_with_cpu(lambda: ultralytics_pass(loader, device), repeats)
             loader.close()
     step_functions = {
         "training step, phase 1 (backbone frozen), in memory": lambda: steps[1].run(in_memory),
@@ -226,6 +253,8 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
         tools[name] = {"median_s": timing.median_s, "min_s": timing.min_s, "runs_s": timing.runs_s,
                        "images": images, "images_per_s": images / timing.median_s,
                        "ratio_to_smartcash": timing.median_s / reference}
+        if name in cpu_ms:
+            tools[name]["cpu_ms_per_image"] = cpu_ms[name]
     trainer = loader_row(trainer_cache()) if trainer_cache() in cached else loader_row("none")
     loader_rate = tools[trainer]["images_per_s"]
     step_rate = tools["training step, phase 1 (backbone frozen), in memory"]["images_per_s"]
@@ -236,11 +265,13 @@ def run_device(device: str, data: workloads.BenchData, args: argparse.Namespace,
 
 
 def print_table(record: dict[str, Any]) -> None:
-    rows = [[name, tool["median_s"], tool["min_s"], f"{tool['ratio_to_smartcash']:.2f}x", f"{tool['images_per_s']:.1f}"]
+    rows = [[name, tool["median_s"], tool["min_s"], f"{tool['ratio_to_smartcash']:.2f}x", f"{tool['images_per_s']:.1f}",
+             f"{tool['cpu_ms_per_image']:.2f}" if "cpu_ms_per_image" in tool else ""]
             for name, tool in record["tools"].items()]
     print(f"\nloader vs training step on {record['device']}: {record['images_per_pass']} images per pass, "
           f"{MODEL} imgsz {IMGSZ} batch {BATCH}, augmentation on")
-    print(format_table(["tool", "time_s (median)", "min_s", "vs smartcash, cache=none", "images/s"], rows))
+    print(format_table(["tool", "time_s (median)", "min_s", "vs smartcash, cache=none", "images/s",
+                        "CPU ms/image (main + workers)"], rows))
     for cache, seconds in record["cache_fill_s"].items():
         print(f"cache={cache}: loader built and its cache filled in {seconds:.2f} s")
     for phase in (1, 2):
