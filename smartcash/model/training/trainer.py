@@ -148,8 +148,9 @@ class Trainer:
         self.precision = training_precision(config.amp, device)  # precision.py: AMP where it is native
         self.amp, self.amp_dtype = self.precision.amp, self.precision.dtype or torch.float32
         # NHWC lets half-precision convolutions run without layout transposes (tensor cores on
-        # CUDA; oneDNN's blocked bfloat16 kernels on a CPU).
-        self.channels_last = self.amp
+        # CUDA), and it is oneDNN's fast layout on a CPU in float32 too (yolov5n, 320 px, 1 thread:
+        # phase 1 steps +20 %, phase 2 +35 %).
+        self.channels_last = self.amp or device.type == "cpu"
         if config.threads:
             torch.set_num_threads(config.threads)  # leave cores to the loader workers (config.py)
         self.start_epoch = 0
