@@ -78,6 +78,7 @@ def test_batches_the_caller_keeps_are_never_overwritten(vnd):
 def test_a_slot_is_free_again_when_its_last_view_is_gone(vnd, monkeypatch):
     dataset = YoloDataset(vnd, "train", 64, augment=False)
     items = [dataset[i] for i in range(4)]
+    monkeypatch.setattr(batch_ring, "SLOTS_PER_WORKER", 3)
     ring = BatchRing(workers=1, batch_size=4, size=64)
     monkeypatch.setattr(batch_ring, "get_worker_info", lambda: SimpleNamespace(id=0))
     sent = [ring.collate(items[:count]) for count in (4, 2, 1)]
@@ -107,7 +108,7 @@ def test_ring_only_where_it_can_work(monkeypatch):
     monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "fork")
     assert ring_collate(0, 16, 320) is collate_batch  # no workers: nothing to hand over
     monkeypatch.setattr(batch_ring, "_available_memory", lambda: 100 << 20)
-    assert ring_collate(2, 64, 640) is collate_batch  # 472 MiB of slots: more than 10 % of 100 MiB
+    assert ring_collate(2, 64, 640) is collate_batch  # 629 MiB of slots: more than 10 % of 100 MiB
     monkeypatch.setattr(batch_ring, "_available_memory", lambda: 64 << 30)
     assert isinstance(ring_collate(2, 16, 64).__self__, BatchRing)
     with monkeypatch.context() as patch:  # in a worker outside the ring's workers (or no worker): ordinary
