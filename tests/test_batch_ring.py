@@ -3,6 +3,7 @@ in-process loader, never overwritten while the caller holds them."""
 
 import gc
 import multiprocessing
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from smartcash.data import batch_ring
-from smartcash.data.batch_ring import SLOTS_PER_WORKER, BatchRing, RingBatch, ring_collate
+from smartcash.data.batch_ring import SLOTS_PER_WORKER, BatchRing, RingBatch, batch_hand_over
 from smartcash.data.dataset import Batch, YoloDataset, collate_batch
 from smartcash.data.dataset_config import load_dataset_config
 from smartcash.data.loader import build_dataloader, start_epoch
@@ -40,31 +41,35 @@ def _equal(first: tuple, second: tuple) -> bool:
 
 
 FORKED = (multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]) == "fork"
+# With CUDA the loader pins each batch: the caller gets a pinned copy, not the slot's view.
+RING_VIEWS = pytest.mark.skipif(not FORKED or torch.cuda.is_available(),
+                                reason="the ring needs forked workers; with CUDA batches arrive pinned")
 
 
-@pytest.mark.skipif(not FORKED, reason="the ring needs forked workers")
+@RING_VIEWS
 def test_worker_batches_come_through_the_ring_as_the_in_process_loader_makes_them(vnd):
 
     def loader(workers: int):
-        return build_dataloader(vnd, "train", 128, batch_size=3, workers=workers, augment=True, shuffle=True,
+        return build_dataloader(vnd, "train", 128, batch_size=1, workers=workers, augment=True, shuffle=True,
                                 seed=2, hyp={"mosaic": 1.0})
 
     forked, in_process = loader(2), loader(0)
     ring = forked.collate_fn.__self__
     assert isinstance(ring, BatchRing) and in_process.collate_fn is collate_batch
-    for epoch in range(2):  # the second epoch reuses the slots the first released
+    for epoch in range(2):  # 8 batches a worker over two epochs: each of its 4 slots is taken twice
         expected = [_fields(batch) for batch in start_epoch(in_process, epoch)]
         got = []
         for batch in start_epoch(forked, epoch):
-            assert type(batch) is Batch and _inside(batch.images, ring)  # a view of a slot, not a copy
+            # A view of a slot, not a copy: a worker never runs out (2 in flight + 1 held < 4 slots).
+            assert type(batch) is Batch and _inside(batch.images, ring)
             got.append(_fields(batch))
             del batch  # released: its slot can take a later batch
-        assert len(got) == len(expected) == 3 and all(_equal(a, b) for a, b in zip(got, expected))
+        assert len(got) == len(expected) == 8 and all(_equal(a, b) for a, b in zip(got, expected))
     gc.collect()
     assert not ring._state.any()  # every slot free once no batch is held
 
 
-@pytest.mark.skipif(not FORKED, reason="the ring needs forked workers")
+@RING_VIEWS
 def test_batches_the_caller_keeps_are_never_overwritten(vnd):
     forked = build_dataloader(vnd, "train", 128, batch_size=1, workers=1, augment=True, shuffle=True, seed=4)
     in_process = build_dataloader(vnd, "train", 128, batch_size=1, workers=0, augment=True, shuffle=True, seed=4)
@@ -102,15 +107,44 @@ def test_a_slot_is_free_again_when_its_last_view_is_gone(vnd, monkeypatch):
         pickle.dumps(ring)
 
 
+@pytest.mark.skipif(not FORKED, reason="forks a child")
+def test_a_forked_child_collecting_a_leased_batch_frees_nothing(vnd, monkeypatch):
+    """A process forked while a leased view waits for the garbage collector (in a reference cycle)
+    must not free the slot when its own collector runs: the slot is the parent's to free."""
+    dataset = YoloDataset(vnd, "train", 64, augment=False)
+    ring = BatchRing(workers=1, batch_size=1, size=64)
+    monkeypatch.setattr(batch_ring, "get_worker_info", lambda: SimpleNamespace(id=0))
+    batch = pickle.loads(pickle.dumps(ring.collate([dataset[0]])))
+    cycle = [batch]
+    cycle.append(cycle)  # only the collector can free it
+    del batch, cycle
+    gc.disable()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: collect, then leave without running the parent's atexit work
+            gc.collect()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert ring._state.tolist()[0] == 1  # still held: the child freed nothing
+    finally:
+        gc.enable()
+    gc.collect()
+    assert ring._state.tolist()[0] == 0  # the parent's collector frees it
+
+
 def test_ring_only_where_it_can_work(monkeypatch):
     monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
-    assert ring_collate(2, 16, 320) is collate_batch  # spawned workers do not inherit the mapping
+    assert batch_hand_over(2, 16, 320, persistent=True) == (collate_batch, None)  # spawned workers inherit nothing
     monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "fork")
-    assert ring_collate(0, 16, 320) is collate_batch  # no workers: nothing to hand over
+    assert batch_hand_over(0, 16, 320, persistent=False) == (collate_batch, None)  # no workers: nothing to hand over
+    # Workers respawned each epoch: an older iterator's workers could share ids with the new ones.
+    assert batch_hand_over(2, 16, 320, persistent=False) == (collate_batch, None)
     monkeypatch.setattr(batch_ring, "_available_memory", lambda: 100 << 20)
-    assert ring_collate(2, 64, 640) is collate_batch  # 629 MiB of slots: more than 10 % of 100 MiB
+    assert batch_hand_over(2, 64, 640, persistent=True).collate is collate_batch  # 629 MiB: over 10 % of 100 MiB
     monkeypatch.setattr(batch_ring, "_available_memory", lambda: 64 << 30)
-    assert isinstance(ring_collate(2, 16, 64).__self__, BatchRing)
+    ring_hand_over = batch_hand_over(2, 16, 64, persistent=True)
+    assert isinstance(ring_hand_over.collate.__self__, BatchRing)
+    assert ring_hand_over.context.get_start_method() == "fork"  # pinned: a later set_start_method cannot break it
     with monkeypatch.context() as patch:  # in a worker outside the ring's workers (or no worker): ordinary
         patch.setattr(batch_ring, "get_worker_info", lambda: None)
         items = [SimpleNamespace(image=torch.zeros(3, 64, 64, dtype=torch.uint8), targets=torch.zeros(0, 5),

@@ -12,7 +12,8 @@ from it, then drops it).
 
 A worker whose slots are all still held (a caller that keeps many batches, ``list(loader)``)
 hands that batch over the ordinary way: nothing waits, nothing is overwritten. The ring needs
-workers made by ``fork`` (they inherit the mapping); anywhere else the loader collates as before.
+persistent workers made by ``fork`` (they inherit the mapping; one set of workers per ring, so a
+worker id owns its slots); anywhere else the loader collates as before.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from __future__ import annotations
 import logging
 import mmap
 import multiprocessing
+import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -57,6 +62,8 @@ class BatchRing:
         self._state = np.frombuffer(self._memory, dtype=np.uint8, count=count)
         self._slots = np.frombuffer(self._memory, dtype=np.uint8, offset=header).reshape(count, *self.slot_shape)
         self._next = 0  # in a worker: the slot of its own it tries next
+        self._owner = os.getpid()  # only this process frees slots (a forked child's GC must not)
+        self._fell_back = False  # in a worker: logged the first batch that found no free slot
         self.token = id(self)
         _rings[self.token] = self
 
@@ -77,8 +84,12 @@ class BatchRing:
             if self._state[slot] == FREE:
                 self._next = (self._next + attempt + 1) % SLOTS_PER_WORKER
                 break
-        else:
-            return collate_batch(items)  # every slot still held by the caller
+        else:  # every slot still held by the caller
+            if not self._fell_back:
+                self._fell_back = True
+                logger.debug("loader worker %d: every batch slot is held; handing batches over the ordinary way "
+                             "until one is free", info.id)
+            return collate_batch(items)
         self._state[slot] = HELD
         stack_channels_first(images, out=torch.from_numpy(self._slots[slot, :len(images)]))
         batch = collate_batch(items, images=torch.empty(0, dtype=torch.uint8))
@@ -93,7 +104,8 @@ class BatchRing:
         return torch.from_numpy(pixels)
 
     def _release(self, slot: int) -> None:
-        self._state[slot] = FREE
+        if os.getpid() == self._owner:  # a leased batch collected in a forked child frees nothing
+            self._state[slot] = FREE
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("a BatchRing lives in shared memory inherited by forked workers; it cannot be pickled")
@@ -127,29 +139,48 @@ def _batch_from_slot(slot: SlotRef, targets: torch.Tensor, paths: list[str], ori
     return Batch(ring.lease(slot.slot, slot.count), targets, paths, original_shapes, letterbox)
 
 
-def ring_collate(workers: int, batch_size: int, size: int) -> Any:
-    """The loader's collate function: ``BatchRing.collate`` when workers fork and the ring fits in
-    memory, else ``collate_batch``."""
+class HandOver(NamedTuple):
+    """How a loader's workers hand batches over: its ``collate_fn`` and ``multiprocessing_context``."""
+
+    collate: Callable[[list[DatasetItem]], Batch]
+    context: BaseContext | None  # fork, pinned, when the collate is a ring's; else the default
+
+
+def batch_hand_over(workers: int, batch_size: int, size: int, persistent: bool) -> HandOver:
+    """``BatchRing.collate`` (workers forked whatever the start method becomes later) when the
+    workers persist, would be forked anyway and the ring fits in memory; else ``collate_batch``."""
+    ordinary = HandOver(collate_batch, None)
     start_method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
-    if workers <= 0 or start_method != "fork":
-        return collate_batch
+    if workers <= 0 or not persistent or start_method != "fork":
+        return ordinary
     needed = workers * SLOTS_PER_WORKER * batch_size * 3 * size * size
     available = _available_memory()
     if available is not None and needed > MAX_SHARE_OF_AVAILABLE * available:
         logger.info("loader: %d MiB of shared batch slots would exceed %d%% of the %d MiB available; "
                     "batches are handed over the ordinary way", needed >> 20, MAX_SHARE_OF_AVAILABLE * 100,
                     available >> 20)
-        return collate_batch
-    return BatchRing(workers, batch_size, size).collate
+        return ordinary
+    return HandOver(BatchRing(workers, batch_size, size).collate, multiprocessing.get_context("fork"))
 
 
 def _available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
+    """Bytes this process may still take: MemAvailable (/proc/meminfo), or less where a cgroup v2
+    limit (a container's) leaves less; None where neither can be read."""
+    available = None
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
+                    break
     except OSError:
-        return None
-    return None
+        pass
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            headroom = max(0, int(limit) - int((cgroup / "memory.current").read_text()))
+            available = headroom if available is None else min(available, headroom)
+    except (OSError, ValueError):
+        pass
+    return available

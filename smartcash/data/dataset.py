@@ -226,7 +226,8 @@ def stack_channels_first(images: list[Tensor], out: Tensor | None = None) -> Ten
     """
     first = images[0] if images else None
     if first is None or first.dtype != torch.uint8 or first.dim() != 3 or first.shape[0] != 3 or any(
-            image.shape != first.shape or not image.permute(1, 2, 0).is_contiguous() for image in images):
+            image.shape != first.shape or not image.permute(1, 2, 0).is_contiguous() for image in images) or (
+            out is not None and not out.is_contiguous()):
         return torch.stack(images, out=out)
     batch = torch.empty((len(images), *first.shape), dtype=torch.uint8) if out is None else out
     planes = batch.numpy()

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, SequentialSampler
 
 from smartcash.data.augment import AugmentConfig
-from smartcash.data.batch_ring import ring_collate
+from smartcash.data.batch_ring import batch_hand_over
 from smartcash.data.dataset import YoloDataset
 from smartcash.data.dataset_config import DatasetConfig
 from smartcash.data.sampling import EpochSampler
@@ -63,11 +63,12 @@ def build_dataloader(config: DatasetConfig, split: str, imgsz: int, batch_size: 
         sampler = DistributedSampler(dataset, shuffle=False, seed=seed)
     else:
         sampler = SequentialSampler(dataset)
-    # Workers stack each batch's images into shared memory reused all run (batch_ring.py).
-    collate = ring_collate(workers, batch_size, dataset.imgsz)
+    # Persistent workers stack each batch's images into shared memory reused all run (batch_ring.py).
+    persistent = persistent_workers and workers > 0
+    hand_over = batch_hand_over(workers, batch_size, dataset.imgsz, persistent)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=persistent_workers and workers > 0, drop_last=False)
+                      collate_fn=hand_over.collate, multiprocessing_context=hand_over.context,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=persistent, drop_last=False)
 
 
 def start_epoch(loader: DataLoader, epoch: int, mosaic: bool = True) -> Iterator[Any]:
