@@ -67,10 +67,6 @@ class BatchRing:
         self.token = id(self)
         _rings[self.token] = self
 
-    @property
-    def nbytes(self) -> int:
-        return len(self._memory)
-
     def collate(self, items: list[DatasetItem]) -> Batch:
         """In a worker: the batch with its images in a free slot of this worker's (a batch that
         fits none is collated the ordinary way)."""
