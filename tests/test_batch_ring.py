@@ -139,9 +139,9 @@ def test_ring_only_where_it_can_work(monkeypatch):
     assert batch_hand_over(0, 16, 320, persistent=False) == (collate_batch, None)  # no workers: nothing to hand over
     # Workers respawned each epoch: an older iterator's workers could share ids with the new ones.
     assert batch_hand_over(2, 16, 320, persistent=False) == (collate_batch, None)
-    monkeypatch.setattr(batch_ring, "_available_memory", lambda: 100 << 20)
+    monkeypatch.setattr(batch_ring, "available_memory", lambda: 100 << 20)
     assert batch_hand_over(2, 64, 640, persistent=True).collate is collate_batch  # 629 MiB: over 10 % of 100 MiB
-    monkeypatch.setattr(batch_ring, "_available_memory", lambda: 64 << 30)
+    monkeypatch.setattr(batch_ring, "available_memory", lambda: 64 << 30)
     ring_hand_over = batch_hand_over(2, 16, 64, persistent=True)
     assert isinstance(ring_hand_over.collate.__self__, BatchRing)
     assert ring_hand_over.context.get_start_method() == "fork"  # pinned: a later set_start_method cannot break it

@@ -26,7 +26,6 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from smartcash.data.dataset import Batch, DatasetItem, collate_batch, stack_channels_first
+from smartcash.data.image_cache import available_memory
 
 logger = logging.getLogger(__name__)
 
@@ -150,33 +150,10 @@ def batch_hand_over(workers: int, batch_size: int, size: int, persistent: bool) 
     if workers <= 0 or not persistent or start_method != "fork":
         return ordinary
     needed = workers * SLOTS_PER_WORKER * batch_size * 3 * size * size
-    available = _available_memory()
+    available = available_memory()
     if available is not None and needed > MAX_SHARE_OF_AVAILABLE * available:
         logger.info("loader: %d MiB of shared batch slots would exceed %d%% of the %d MiB available; "
                     "batches are handed over the ordinary way", needed >> 20, MAX_SHARE_OF_AVAILABLE * 100,
                     available >> 20)
         return ordinary
     return HandOver(BatchRing(workers, batch_size, size).collate, multiprocessing.get_context("fork"))
-
-
-def _available_memory() -> int | None:
-    """Bytes this process may still take: MemAvailable (/proc/meminfo), or less where a cgroup v2
-    limit (a container's) leaves less; None where neither can be read."""
-    available = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    cgroup = Path("/sys/fs/cgroup")
-    try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            headroom = max(0, int(limit) - int((cgroup / "memory.current").read_text()))
-            available = headroom if available is None else min(available, headroom)
-    except (OSError, ValueError):
-        pass
-    return available
